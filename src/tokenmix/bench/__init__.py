@@ -1,0 +1,1 @@
+"""Measurement: operation counts (GMACs with FFTs), timing and memory."""

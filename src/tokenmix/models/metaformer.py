@@ -1,0 +1,423 @@
+"""The MetaFormer family: DFFormer, CDFFormer, GFFormer, ConvFormer and CAFormer.
+
+One skeleton (Yu et al., "MetaFormer Baselines for Vision", 2022) with pluggable token mixers:
+
+- DFFormer / CDFFormer / GFFormer: Tatsunami & Taki, "FFT-based Dynamic Token Mixer for
+  Vision", AAAI 2024; matches okojoalg/dfformer@2b757c5 ``models/dfformer.py``.
+- ConvFormer / CAFormer: matches sail-sg/metaformer@64c534a ``metaformer_baselines.py``.
+
+State-dict names, shapes and order equal the official ones, so official checkpoints load
+strictly. Checked by ``tests/test_metaformer.py``: key manifests of every full-size variant and
+the numeric cases in ``shared/reference/cases`` (max abs diff <= 1e-5 in float32).
+
+Layout: the network runs channels-last (``[B, H, W, C]``) inside the stages, like the official
+code, so the pointwise layers are plain matrix products; public feature maps are NCHW.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..layers import DropPath, LayerNormNoBias, Mlp, MlpHead, Scale, create_token_mixer
+from ..layers.token_mixers import resize_complex_weight
+from .checkpoint import CheckpointError
+from .pretrained import PretrainedCfg
+from .registry import register_model
+
+__all__ = ["MetaFormer", "MetaFormerBlock"]
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return v, v
+    h, w = v
+    return int(h), int(w)
+
+
+class Downsampling(nn.Module):
+    """Conv downsampling with an optional LayerNorm before (stages 2-4) or after (stem)."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        pre_norm: bool = False,
+        post_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.pre_norm = LayerNormNoBias(in_chs) if pre_norm else nn.Identity()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding)
+        self.post_norm = LayerNormNoBias(out_chs) if post_norm else nn.Identity()
+        self.channels_last_input = pre_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last_input:  # [B, H, W, C] from the previous stage
+            x = self.pre_norm(x).permute(0, 3, 1, 2)
+        return self.post_norm(self.conv(x).permute(0, 2, 3, 1))
+
+
+class MetaFormerBlock(nn.Module):
+    """``x = res_scale(x) + mixer(norm(x))``; ``x = res_scale(x) + mlp(norm(x))``."""
+
+    def __init__(
+        self,
+        dim: int,
+        token_mixer: nn.Module,
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        layer_scale_init_value: float | None = None,
+        res_scale_init_value: float | None = None,
+    ) -> None:
+        super().__init__()
+
+        def scale(v: float | None) -> nn.Module:
+            return Scale(dim, v) if v else nn.Identity()
+
+        self.norm1 = LayerNormNoBias(dim)
+        self.token_mixer = token_mixer
+        self.drop_path1 = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.layer_scale1 = scale(layer_scale_init_value)
+        self.res_scale1 = scale(res_scale_init_value)
+        self.norm2 = LayerNormNoBias(dim)
+        self.mlp = Mlp(dim, mlp_ratio, drop_rate=drop_rate)
+        self.drop_path2 = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.layer_scale2 = scale(layer_scale_init_value)
+        self.res_scale2 = scale(res_scale_init_value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(self.token_mixer(self.norm1(x))))
+        return self.res_scale2(x) + self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x))))
+
+
+class MetaFormer(nn.Module):
+    """Four-stage MetaFormer with a token mixer per stage.
+
+    Args:
+        depths: blocks per stage.
+        dims: channels per stage.
+        token_mixers: a mixer name for all stages, or one per stage (see
+            ``tokenmix.layers.TOKEN_MIXERS``).
+        img_size: input size the FFT filters are stored for (``H // 4`` ... ``H // 32``); other
+            inputs work too, the filters are resized on the fly.
+        mixer_kwargs: extra options per mixer name, e.g. ``{"dynamic_filter": {"num_filters": 2}}``.
+        res_scale_init_values: per stage; ``None`` means no res_scale (the official default
+            uses it in stages 3 and 4 only).
+        head_type: ``"mlp"`` (the official MlpHead) or ``"linear"``.
+        features_only: build without norm and head; ``forward`` returns the stage maps.
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        dims: Sequence[int] = (64, 128, 320, 512),
+        token_mixers: str | Sequence[str] = "sepconv",
+        *,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        img_size: int | Sequence[int] = 224,
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        head_dropout: float = 0.0,
+        layer_scale_init_values: float | None | Sequence[float | None] = None,
+        res_scale_init_values: float | None | Sequence[float | None] = (None, None, 1.0, 1.0),
+        head_type: str = "mlp",
+        mixer_kwargs: dict[str, dict[str, Any]] | None = None,
+        features_only: bool = False,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+    ) -> None:
+        super().__init__()
+        num_stages = len(depths)
+        if len(dims) != num_stages:
+            raise ValueError(f"depths {tuple(depths)} and dims {tuple(dims)} differ in length")
+        mixers = [token_mixers] * num_stages if isinstance(token_mixers, str) else list(token_mixers)
+        if len(mixers) != num_stages:
+            raise ValueError(f"need one token mixer per stage ({num_stages}), got {mixers}")
+
+        def per_stage(v: Any) -> list[Any]:
+            return list(v) if isinstance(v, (list, tuple)) else [v] * num_stages
+
+        layer_scales = per_stage(layer_scale_init_values)
+        res_scales = per_stage(res_scale_init_values)
+        mixer_kwargs = mixer_kwargs or {}
+        self.img_size = _pair(img_size)
+        self.num_classes = num_classes
+        self.num_features = dims[-1]
+        self.features_only = features_only
+        self.out_indices = tuple(out_indices)
+        self.grad_checkpointing = False
+        self.pretrained_cfg = PretrainedCfg(first_conv="downsample_layers.0.conv")
+
+        chans = [in_chans, *dims]
+        self.downsample_layers = nn.ModuleList(
+            [Downsampling(in_chans, dims[0], 7, 4, 2, post_norm=True)]
+            + [Downsampling(chans[i], chans[i + 1], 3, 2, 1, pre_norm=True) for i in range(1, num_stages)]
+        )
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        self.stages = nn.ModuleList()
+        self.feature_info: list[dict[str, Any]] = []
+        first = 0
+        for i in range(num_stages):
+            size = (self.img_size[0] // 2 ** (i + 2), self.img_size[1] // 2 ** (i + 2))
+            blocks = [
+                MetaFormerBlock(
+                    dims[i],
+                    create_token_mixer(mixers[i], dims[i], size, **mixer_kwargs.get(mixers[i], {})),
+                    mlp_ratio=mlp_ratio,
+                    drop_rate=drop_rate,
+                    drop_path_rate=rates[first + j],
+                    layer_scale_init_value=layer_scales[i],
+                    res_scale_init_value=res_scales[i],
+                )
+                for j in range(depths[i])
+            ]
+            first += depths[i]
+            self.stages.append(nn.Sequential(*blocks))
+            self.feature_info.append(
+                {"num_chs": dims[i], "reduction": 2 ** (i + 2), "module": f"stages.{i}"}
+            )
+
+        if features_only:
+            self.norm = nn.Identity()
+            self.head = nn.Identity()
+        else:
+            self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+            if head_type == "mlp":
+                self.head = MlpHead(dims[-1], num_classes, head_dropout=head_dropout)
+            elif head_type == "linear":
+                self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+            else:
+                raise ValueError(f"head_type must be 'mlp' or 'linear', got {head_type!r}")
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # --- timm-style interface -------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names to exempt from weight decay beyond the 1-D ones (none here)."""
+        return set()
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc2 if isinstance(self.head, MlpHead) else self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the last classifier layer (the MLP head's hidden layers are kept)."""
+        self.num_classes = num_classes
+        if isinstance(self.head, MlpHead):
+            hidden = self.head.fc1.out_features
+            self.head.fc2 = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
+            layer = self.head.fc2
+        else:
+            self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+            layer = self.head
+        self._init_weights(layer)
+
+    def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample_layers[i](x)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            for block in self.stages[i]:
+                x = checkpoint(block, x, use_reentrant=False)
+            return x
+        return self.stages[i](x)
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: Sequence[int] | None = None, intermediates_only: bool = False
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs (NCHW) for dense prediction; also the final map unless ``intermediates_only``."""
+        wanted = set(self.out_indices if indices is None else indices)
+        feats = []
+        last = max(wanted) if intermediates_only else len(self.stages) - 1
+        for i in range(last + 1):
+            x = self._run_stage(i, x)
+            if i in wanted:
+                feats.append(x.permute(0, 3, 1, 2))
+        if intermediates_only:
+            return feats
+        return x.permute(0, 3, 1, 2), feats
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Final stage map, ``[B, C, H, W]`` (a channels-last view, no copy)."""
+        for i in range(len(self.stages)):
+            x = self._run_stage(i, x)
+        return x.permute(0, 3, 1, 2)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.norm(x.mean(dim=(2, 3)))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.features_only:
+            return self.forward_intermediates(x, intermediates_only=True)
+        return self.forward_head(self.forward_features(x))
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def checkpoint_filter_fn(self, state: dict[str, Any], source_format: str) -> dict[str, Any]:
+        """Official checkpoint -> this model: Paddle layouts converted, filters resized."""
+        if source_format == "pdparams":
+            from .paddle import convert_paddle_metaformer
+
+            state = convert_paddle_metaformer(state)
+        own = self.state_dict()
+        out = {}
+        for key, value in state.items():
+            if key.endswith("complex_weights") and key in own and value.ndim == 4:
+                h, w = own[key].shape[:2]
+                if value.shape[:2] != (h, w):
+                    if value.shape[2:] != own[key].shape[2:]:
+                        raise CheckpointError(
+                            f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
+                        )
+                    value = resize_complex_weight(value.float(), h, w)
+            out[key] = value
+        return out
+
+
+# --- registered architectures -------------------------------------------------------------
+def _cfg(**kwargs: Any) -> PretrainedCfg:
+    return PretrainedCfg(first_conv="downsample_layers.0.conv", classifier=("head",), **kwargs)
+
+
+S18 = {"depths": (3, 3, 9, 3), "dims": (64, 128, 320, 512)}
+S36 = {"depths": (3, 12, 18, 3), "dims": (64, 128, 320, 512)}
+M36 = {"depths": (3, 12, 18, 3), "dims": (96, 192, 384, 576)}
+B36 = {"depths": (3, 12, 18, 3), "dims": (128, 256, 512, 768)}
+TEST = {"depths": (1, 1, 2, 1), "dims": (16, 32, 48, 64), "num_classes": 10, "img_size": 64}
+
+DF = "dynamic_filter"
+CDF = ("sepconv", "sepconv", DF, DF)
+CA = ("sepconv", "sepconv", "attention", "attention")
+
+
+def _build(arch: dict[str, Any], token_mixers: str | Sequence[str], **kwargs: Any) -> MetaFormer:
+    """Architecture defaults, then the caller's overrides (any MetaFormer argument)."""
+    return MetaFormer(**{**arch, "token_mixers": token_mixers, **kwargs})
+
+
+@register_model(_cfg())
+def dfformer_s18(**kwargs: Any) -> MetaFormer:
+    return _build(S18, DF, **kwargs)
+
+
+@register_model(_cfg())
+def dfformer_s36(**kwargs: Any) -> MetaFormer:
+    return _build(S36, DF, **kwargs)
+
+
+@register_model(_cfg())
+def dfformer_m36(**kwargs: Any) -> MetaFormer:
+    return _build(M36, DF, **kwargs)
+
+
+@register_model(_cfg())
+def dfformer_b36(**kwargs: Any) -> MetaFormer:
+    return _build(B36, DF, **kwargs)
+
+
+@register_model(_cfg())
+def cdfformer_s18(**kwargs: Any) -> MetaFormer:
+    return _build(S18, CDF, **kwargs)
+
+
+@register_model(_cfg())
+def cdfformer_s36(**kwargs: Any) -> MetaFormer:
+    return _build(S36, CDF, **kwargs)
+
+
+@register_model(_cfg())
+def cdfformer_m36(**kwargs: Any) -> MetaFormer:
+    return _build(M36, CDF, **kwargs)
+
+
+@register_model(_cfg())
+def cdfformer_b36(**kwargs: Any) -> MetaFormer:
+    return _build(B36, CDF, **kwargs)
+
+
+@register_model(_cfg())
+def gfformer_s18(**kwargs: Any) -> MetaFormer:
+    return _build(S18, "global_filter", **kwargs)
+
+
+@register_model(_cfg())
+def convformer_s18(**kwargs: Any) -> MetaFormer:
+    return _build(S18, "sepconv", **kwargs)
+
+
+@register_model(_cfg())
+def convformer_s36(**kwargs: Any) -> MetaFormer:
+    return _build(S36, "sepconv", **kwargs)
+
+
+@register_model(_cfg())
+def convformer_m36(**kwargs: Any) -> MetaFormer:
+    return _build(M36, "sepconv", **kwargs)
+
+
+@register_model(_cfg())
+def convformer_b36(**kwargs: Any) -> MetaFormer:
+    return _build(B36, "sepconv", **kwargs)
+
+
+@register_model(_cfg())
+def caformer_s18(**kwargs: Any) -> MetaFormer:
+    return _build(S18, CA, **kwargs)
+
+
+@register_model(_cfg())
+def caformer_s36(**kwargs: Any) -> MetaFormer:
+    return _build(S36, CA, **kwargs)
+
+
+@register_model(_cfg())
+def caformer_m36(**kwargs: Any) -> MetaFormer:
+    return _build(M36, CA, **kwargs)
+
+
+@register_model(_cfg())
+def caformer_b36(**kwargs: Any) -> MetaFormer:
+    return _build(B36, CA, **kwargs)
+
+
+# Tiny variants for tests and smoke runs: the shapes of the shared reference cases.
+@register_model(_cfg(num_classes=10, input_size=(3, 64, 64)))
+def test_dfformer(**kwargs: Any) -> MetaFormer:
+    return _build(TEST, DF, **kwargs)
+
+
+@register_model(_cfg(num_classes=10, input_size=(3, 64, 64)))
+def test_cdfformer(**kwargs: Any) -> MetaFormer:
+    return _build(TEST, CDF, **kwargs)
+
+
+@register_model(_cfg(num_classes=10, input_size=(3, 64, 64)))
+def test_gfformer(**kwargs: Any) -> MetaFormer:
+    return _build(TEST, "global_filter", **kwargs)
+
+
+@register_model(_cfg(num_classes=10, input_size=(3, 64, 64)))
+def test_convformer(**kwargs: Any) -> MetaFormer:
+    return _build({**TEST, "dims": (16, 32, 64, 64)}, "sepconv", **kwargs)
+
+
+@register_model(_cfg(num_classes=10, input_size=(3, 64, 64)))
+def test_caformer(**kwargs: Any) -> MetaFormer:
+    return _build({**TEST, "dims": (16, 32, 64, 64)}, CA, **kwargs)

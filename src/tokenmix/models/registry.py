@@ -1,0 +1,99 @@
+"""Model registry: architecture names -> builder functions, plus their pretrained configs.
+
+A name is ``arch`` or ``arch.tag``; the tag picks one of the architecture's pretrained configs
+(weights, eval transform), e.g. ``lvvit_s.tl_in1k_384``. Resolution and training data live in
+the tag, never in the architecture name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .pretrained import PretrainedCfg
+
+_ENTRYPOINTS: dict[str, Callable[..., Any]] = {}
+_CFGS: dict[str, dict[str, PretrainedCfg]] = {}
+_DEFAULT_TAG: dict[str, str] = {}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def register_model(*cfgs: PretrainedCfg) -> Callable[[F], F]:
+    """Register a builder under its function name with its pretrained configs.
+
+    The first cfg is the default one. Every architecture has at least one cfg (an untagged
+    one with no weights when the authors published none), so the eval transform is always known.
+    """
+
+    def wrap(fn: F) -> F:
+        name = fn.__name__
+        if name in _ENTRYPOINTS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _ENTRYPOINTS[name] = fn
+        entries = list(cfgs) or [PretrainedCfg()]
+        _CFGS[name] = {c.tag: c for c in entries}
+        _DEFAULT_TAG[name] = entries[0].tag
+        return fn
+
+    return wrap
+
+
+def split_model_name(name: str) -> tuple[str, str | None]:
+    """``'lvvit_s.tl_in1k_384'`` -> ``('lvvit_s', 'tl_in1k_384')``; no tag -> ``None``."""
+    arch, _, tag = name.partition(".")
+    return arch, (tag or None)
+
+
+def is_model(name: str) -> bool:
+    return split_model_name(name)[0] in _ENTRYPOINTS
+
+
+def get_entrypoint(name: str) -> Callable[..., Any]:
+    arch, _ = split_model_name(name)
+    try:
+        return _ENTRYPOINTS[arch]
+    except KeyError:
+        close = difflib_close(arch)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown model {arch!r}.{hint} `tokenmix models` lists them all."
+        ) from None
+
+
+def difflib_close(name: str) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(name, list(_ENTRYPOINTS), n=3)
+
+
+def get_pretrained_cfg(name: str) -> PretrainedCfg:
+    """The cfg for ``arch`` (its default tag) or ``arch.tag``; an unknown tag lists the known."""
+    arch, tag = split_model_name(name)
+    get_entrypoint(arch)
+    tags = _CFGS[arch]
+    tag = _DEFAULT_TAG[arch] if tag is None else tag
+    if tag not in tags:
+        known = ", ".join(f"{arch}.{t}" if t else arch for t in tags)
+        raise ValueError(f"model {arch!r} has no weights tagged {tag!r}; known: {known}")
+    return tags[tag]
+
+
+def list_pretrained_cfgs(arch: str) -> list[PretrainedCfg]:
+    get_entrypoint(arch)
+    return list(_CFGS[arch].values())
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Registered names matching a shell-style pattern (``'dfformer_*'``), sorted.
+
+    With ``pretrained=True`` the result lists ``arch.tag`` for every published weight instead.
+    """
+    names: list[str] = []
+    for arch in sorted(_ENTRYPOINTS):
+        if pretrained:
+            names += [c.full_name(arch) for c in _CFGS[arch].values() if c.has_weights]
+        else:
+            names.append(arch)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)]

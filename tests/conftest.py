@@ -1,0 +1,26 @@
+"""Shared fixtures: the reference fixtures in ../shared (skipped cleanly when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TOKENMIX_SHARED", ROOT.parent / "shared"))
+REFERENCE = SHARED / "reference"
+CIFAR10 = SHARED / "data" / "cifar10"
+
+
+def require(path: Path) -> Path:
+    """Skip the calling test when a shared fixture is missing."""
+    if not path.exists():
+        pytest.skip(f"shared fixture not available: {path}")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)

@@ -1,0 +1,116 @@
+"""The MetaFormer family against the official implementations (shared/reference)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tokenmix
+from tokenmix.layers import resize_complex_weight
+
+from .conftest import REFERENCE, require
+
+FULL_SIZE = [
+    f"{family}_{size}"
+    for family in ("dfformer", "cdfformer", "convformer", "caformer")
+    for size in ("s18", "s36", "m36", "b36")
+] + ["gfformer_s18"]
+
+TINY = {"depths": (1, 1, 2, 1), "dims": (16, 32, 48, 64), "num_classes": 10, "img_size": 64}
+CASES = {
+    # case name -> (our architecture, overrides)
+    "dfformer_tiny": ("dfformer_s18", TINY),
+    "dfformer_tiny_resize": ("dfformer_s18", TINY),
+    "cdfformer_tiny": ("cdfformer_s18", TINY),
+    "gfformer_tiny": ("gfformer_s18", TINY),
+    "convformer_tiny": ("convformer_s18", {**TINY, "dims": (16, 32, 64, 64)}),
+    "caformer_tiny": ("caformer_s18", {**TINY, "dims": (16, 32, 64, 64)}),
+}
+
+
+@pytest.mark.parametrize("name", FULL_SIZE)
+def test_state_dict_matches_official_manifest(name: str) -> None:
+    manifest = json.loads(require(REFERENCE / "manifests" / f"{name}.json").read_text())
+    with torch.device("meta"):
+        model = tokenmix.create_model(name)
+    ours = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
+    assert ours == manifest["state_dict"]
+    assert sum(p.numel() for p in model.parameters()) == manifest["num_params"]
+
+
+def load_case(case: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    tensors = load_file(str(require(REFERENCE / "cases" / f"{case}.safetensors")))
+    state = {k[len("state.") :]: v for k, v in tensors.items() if k.startswith("state.")}
+    return tensors, state
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_official_numeric_case(case: str) -> None:
+    tensors, state = load_case(case)
+    arch, overrides = CASES[case]
+    model = tokenmix.create_model(arch, **overrides).eval()
+    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        out = model(tensors["input"])
+    assert (out - tensors["output"]).abs().max().item() <= 1e-5
+
+
+def test_resize_case_matches_native_case_at_native_size() -> None:
+    """The resize case's weights run at 64x64 give the native case's output bit for bit."""
+    native, _ = load_case("dfformer_tiny")
+    _, state = load_case("dfformer_tiny_resize")
+    model = tokenmix.create_model("dfformer_s18", **TINY).eval()
+    model.load_state_dict(state)
+    with torch.no_grad():
+        out = model(native["input"])
+    assert (out - native["output"]).abs().max().item() <= 1e-5
+    mixer = model.stages[0][0].token_mixer
+    assert torch.equal(mixer.filters(16, 9), mixer.complex_weights)  # no resize at native size
+
+
+def test_eps_values_below_case_sensitivity() -> None:
+    """The README lists eps values the numeric cases cannot see; pin them directly."""
+    model = tokenmix.create_model("dfformer_s18", **TINY)
+    assert model.norm.eps == 1e-6
+    assert model.head.norm.eps == 1e-5
+    assert model.stages[0][0].norm1.eps == 1e-6
+    assert model.downsample_layers[0].post_norm.eps == 1e-6
+    assert model.downsample_layers[1].pre_norm.eps == 1e-6
+
+
+def test_resize_complex_weight_is_identity_at_same_size() -> None:
+    w = torch.randn(8, 5, 4, 2)
+    assert resize_complex_weight(w, 8, 5) is w
+
+
+def test_resize_treats_real_and_imag_independently() -> None:
+    w = torch.randn(6, 4, 3, 2)
+    both = resize_complex_weight(w, 9, 7)
+    real = resize_complex_weight(w[..., :1].contiguous(), 9, 7)
+    assert torch.allclose(both[..., :1], real, atol=1e-6)
+    # bicubic with align_corners=True keeps the corner values
+    assert torch.allclose(both[0, 0], w[0, 0]) and torch.allclose(both[-1, -1], w[-1, -1])
+
+
+@pytest.mark.parametrize("arch", ["dfformer_s18", "gfformer_s18"])
+def test_checkpoint_filters_resized_at_load(arch: str, tmp_path) -> None:
+    """A checkpoint stored for 64x64 loads into a model built for 96x80, filters resized."""
+    src = tokenmix.create_model(arch, **TINY).eval()
+    path = tmp_path / "w.pth"
+    torch.save(src.state_dict(), path)
+    dst = tokenmix.create_model(arch, pretrained=str(path), **{**TINY, "img_size": (96, 80)}).eval()
+    key = "stages.0.0.token_mixer.complex_weights"
+    assert dst.state_dict()[key].shape[:2] == (24, 11)
+    x = torch.randn(2, 3, 96, 80)
+    with torch.no_grad():  # same function as resizing at forward time
+        assert torch.allclose(dst(x), src(x), atol=1e-5)
+
+
+def test_non_square_input_runs() -> None:
+    model = tokenmix.create_model("test_dfformer").eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 80, 112))
+    assert out.shape == (1, 10) and torch.isfinite(out).all()
