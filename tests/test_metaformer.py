@@ -36,7 +36,10 @@ def test_state_dict_matches_official_manifest(name: str) -> None:
     manifest = json.loads(require(REFERENCE / "manifests" / f"{name}.json").read_text())
     with torch.device("meta"):
         model = tokenmix.create_model(name)
-    ours = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
+    ours = [
+        [k, list(v.shape), str(v.dtype).removeprefix("torch.")]
+        for k, v in model.state_dict().items()
+    ]
     assert ours == manifest["state_dict"]
     assert sum(p.numel() for p in model.parameters()) == manifest["num_params"]
 

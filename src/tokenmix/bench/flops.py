@@ -39,7 +39,15 @@ def _r2c(x: torch.Tensor, dim: Any, *args: Any, out_val: Any = None, **kwargs: A
     return _fft_flops(x.shape, dim)
 
 
-def _c2r(x: torch.Tensor, dim: Any, normalization: Any, last_dim_size: int, *args: Any, out_val: Any = None, **kwargs: Any) -> int:
+def _c2r(
+    x: torch.Tensor,
+    dim: Any,
+    normalization: Any,
+    last_dim_size: int,
+    *args: Any,
+    out_val: Any = None,
+    **kwargs: Any,
+) -> int:
     return _fft_flops(out_val.shape, dim)
 
 
@@ -49,7 +57,14 @@ def _mul(a: Any, b: Any, *args: Any, out_val: Any = None, **kwargs: Any) -> int:
     return 0
 
 
-def _sdpa_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, out_val: Any = None, **kwargs: Any) -> int:
+def _sdpa_cpu(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *args: Any,
+    out_val: Any = None,
+    **kwargs: Any,
+) -> int:
     b, h, s_q, d = q.shape
     s_k = k.shape[-2]
     return 2 * b * h * s_q * s_k * (d + v.shape[-1])
@@ -66,7 +81,9 @@ _CUSTOM = {
 }
 
 
-def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224), batch: int = 1) -> int:
+def count_macs(
+    model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224), batch: int = 1
+) -> int:
     """MACs of one forward pass per image, FFTs included.
 
     Runs the model on the meta device when its parameters are there (no memory, no compute),

@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         module = importlib.import_module(f"tokenmix.cli.{name}")
         p = sub.add_parser(
-            name, help=module.HELP, description=module.__doc__,
+            name,
+            help=module.HELP,
+            description=module.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(p)

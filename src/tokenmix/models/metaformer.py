@@ -128,8 +128,8 @@ class MetaFormer(nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         head_dropout: float = 0.0,
-        layer_scale_init_values: float | None | Sequence[float | None] = None,
-        res_scale_init_values: float | None | Sequence[float | None] = (None, None, 1.0, 1.0),
+        layer_scale_init_values: float | Sequence[float | None] | None = None,
+        res_scale_init_values: float | Sequence[float | None] | None = (None, None, 1.0, 1.0),
         head_type: str = "mlp",
         mixer_kwargs: dict[str, dict[str, Any]] | None = None,
         features_only: bool = False,
@@ -139,7 +139,9 @@ class MetaFormer(nn.Module):
         num_stages = len(depths)
         if len(dims) != num_stages:
             raise ValueError(f"depths {tuple(depths)} and dims {tuple(dims)} differ in length")
-        mixers = [token_mixers] * num_stages if isinstance(token_mixers, str) else list(token_mixers)
+        mixers = (
+            [token_mixers] * num_stages if isinstance(token_mixers, str) else list(token_mixers)
+        )
         if len(mixers) != num_stages:
             raise ValueError(f"need one token mixer per stage ({num_stages}), got {mixers}")
 
@@ -160,7 +162,10 @@ class MetaFormer(nn.Module):
         chans = [in_chans, *dims]
         self.downsample_layers = nn.ModuleList(
             [Downsampling(in_chans, dims[0], 7, 4, 2, post_norm=True)]
-            + [Downsampling(chans[i], chans[i + 1], 3, 2, 1, pre_norm=True) for i in range(1, num_stages)]
+            + [
+                Downsampling(chans[i], chans[i + 1], 3, 2, 1, pre_norm=True)
+                for i in range(1, num_stages)
+            ]
         )
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.stages = nn.ModuleList()
@@ -227,7 +232,9 @@ class MetaFormer(nn.Module):
             self.head.fc2 = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
             layer = self.head.fc2
         else:
-            self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+            self.head = (
+                nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+            )
             layer = self.head
         self._init_weights(layer)
 
@@ -240,7 +247,10 @@ class MetaFormer(nn.Module):
         return self.stages[i](x)
 
     def forward_intermediates(
-        self, x: torch.Tensor, indices: Sequence[int] | None = None, intermediates_only: bool = False
+        self,
+        x: torch.Tensor,
+        indices: Sequence[int] | None = None,
+        intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Stage outputs (NCHW) for dense prediction; also the final map unless ``intermediates_only``."""
         wanted = set(self.out_indices if indices is None else indices)

@@ -1,0 +1,1 @@
+"""Datasets, decoding, batched augmentation, token-label maps and loaders."""

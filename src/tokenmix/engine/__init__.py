@@ -1,0 +1,1 @@
+"""Training engine: loop, evaluation, optimisation, checkpoints, distributed, metrics."""
