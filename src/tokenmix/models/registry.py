@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from .pretrained import PretrainedCfg
+from .weights import WEIGHTS
 
 _ENTRYPOINTS: dict[str, Callable[..., Any]] = {}
 _CFGS: dict[str, dict[str, PretrainedCfg]] = {}
@@ -23,8 +25,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def register_model(*cfgs: PretrainedCfg) -> Callable[[F], F]:
     """Register a builder under its function name with its pretrained configs.
 
-    The first cfg is the default one. Every architecture has at least one cfg (an untagged
-    one with no weights when the authors published none), so the eval transform is always known.
+    ``cfgs[0]`` is the family default (eval transform, classifier names); the published weights
+    listed in :data:`tokenmix.models.weights.WEIGHTS` are applied on top of it, the first being
+    the default tag. Every architecture has at least one cfg, so its eval transform is known.
     """
 
     def wrap(fn: F) -> F:
@@ -32,7 +35,8 @@ def register_model(*cfgs: PretrainedCfg) -> Callable[[F], F]:
         if name in _ENTRYPOINTS:
             raise ValueError(f"model {name!r} is registered twice")
         _ENTRYPOINTS[name] = fn
-        entries = list(cfgs) or [PretrainedCfg()]
+        base = cfgs[0] if cfgs else PretrainedCfg()
+        entries = [replace(base, **e) for e in WEIGHTS.get(name, [])] or list(cfgs) or [base]
         _CFGS[name] = {c.tag: c for c in entries}
         _DEFAULT_TAG[name] = entries[0].tag
         return fn
