@@ -135,12 +135,13 @@ def load_weights(
     cfg = getattr(model, "pretrained_cfg", None)
     prefixes = tuple(f"{p}." for p in getattr(cfg, "classifier", ()))
     for key in list(state):
-        if key.startswith(prefixes) and key in own and own[key].shape != state[key].shape:
+        if key.startswith(prefixes) and (key not in own or own[key].shape != state[key].shape):
             del state[key]
             report.reinitialized.append(key)
     reinit = set(report.reinitialized)
 
     missing = [k for k in own if k not in state and k not in reinit]
+    # a classifier of another size: its fresh initialisation is kept (strict for the rest)
     unexpected = [k for k in state if k not in own]
     mismatched = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -154,8 +155,8 @@ def load_weights(
     model.load_state_dict(state, strict=not reinit)
     if reinit:
         log.warning(
-            "%s: the classifier was trained for another number of classes; %s keep their "
-            "fresh initialisation for %s classes",
+            "%s: the checkpoint's classifier is for another number of classes; %s not loaded, "
+            "the model's classifier keeps its fresh initialisation for %s classes",
             name,
             ", ".join(sorted(reinit)),
             getattr(model, "num_classes", "?"),
