@@ -115,7 +115,7 @@ def test_non_tensor_entries_are_refused(tmp_path) -> None:
 
 
 def test_missing_file() -> None:
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth"):
         read_state_dict("nope.pth")
 
 

@@ -50,7 +50,7 @@ def test_feature_info_matches_intermediates(name: str) -> None:
     model = tokenmix.create_model(name).eval()
     x = _input(model)
     with torch.no_grad():
-        final, feats = model.forward_intermediates(x)
+        _, feats = model.forward_intermediates(x)
     assert len(feats) == len(model.feature_info)
     for info, f in zip(model.feature_info, feats, strict=True):
         assert f.shape[1] == info["num_chs"]
