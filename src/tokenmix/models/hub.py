@@ -201,6 +201,11 @@ def cached_path(name: str | PretrainedCfg) -> Path | None:
     return w.path
 
 
+def cache_record(name: str | PretrainedCfg) -> dict[str, Any] | None:
+    """The sidecar of ``name``'s cached file: url, num_bytes, sha256 and how it was obtained."""
+    return _read_sidecar(resolve(name))
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
