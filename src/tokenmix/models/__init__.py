@@ -1,6 +1,9 @@
 """Registered model families and the functions to build and load them."""
 
-from . import metaformer  # noqa: F401  (registers the MetaFormer family)
+from . import (
+    lvvit,  # noqa: F401  (registers LV-ViT)
+    metaformer,  # noqa: F401  (registers the MetaFormer family)
+)
 from .builder import create_model
 from .checkpoint import CheckpointError, load_weights, read_state_dict
 from .pretrained import PretrainedCfg

@@ -1,0 +1,137 @@
+"""Paddle ``.pdparams`` checkpoints: read them without Paddle, convert them to our layout.
+
+``paddle.save(model.state_dict(), path)`` writes a plain pickle of a dict of numpy arrays (plus
+a ``StructuredToParameterName@@`` name table). Unpickling such a file with ``pickle.load``
+would run whatever callables it names, so :func:`read_pdparams` uses an allow-list unpickler
+that resolves only the globals a Paddle state_dict needs (numpy's array reconstructor,
+``ndarray``, ``dtype`` and ``OrderedDict``); anything else, e.g. a ``builtins.eval`` or
+``os.system`` payload, is refused before it can be called.
+
+Layout differences from PyTorch (checked on the Paddle ports in ``shared/reference/paddle``
+by ``tests/test_paddle.py``):
+
+- ``nn.Linear`` weights are stored ``[in, out]``: every 2-D ``*.weight`` is transposed.
+- ``BatchNorm2D`` running statistics are ``_mean`` / ``_variance``: renamed to
+  ``running_mean`` / ``running_var``, and ``num_batches_tracked`` (absent in Paddle) set to 0.
+- Conv weights ``[out, in, kh, kw]``, norms, ``complex_weights``, ``pos_embed`` and
+  ``cls_token`` are stored as in PyTorch.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError
+
+__all__ = ["convert_paddle_lvvit", "convert_paddle_metaformer", "read_pdparams"]
+
+# Paddle's table of structured name -> internal parameter name; not a tensor.
+_NAME_TABLE = "StructuredToParameterName@@"
+
+
+def _numpy_reconstruct() -> Any:
+    try:  # numpy >= 2
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+# (module, name) as written in the pickle -> the object it may resolve to. Files written
+# under numpy 1.x name ``numpy.core``, under numpy 2.x ``numpy._core``.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("collections", "OrderedDict"): OrderedDict,
+}
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """Resolves only :data:`_ALLOWED_GLOBALS`; persistent ids are refused by the base class."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"global '{module}.{name}' is not allowed in a Paddle state_dict"
+            ) from None
+
+
+def read_pdparams(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a Paddle ``.pdparams`` state_dict into ``{name: tensor}`` without Paddle.
+
+    Raises:
+        CheckpointError: the file names a global outside the allow-list (the message says
+            which), is not a pickle, or holds something other than numeric arrays.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e})") from e
+    try:
+        obj = _AllowListUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused to load: {e}. A .pdparams file holds only numpy arrays; "
+            "unpickling anything else could run code."
+        ) from e
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise CheckpointError(f"{path}: not a readable Paddle state_dict ({e})") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of arrays, got {type(obj).__name__}")
+    state: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if key == _NAME_TABLE:
+            continue
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path}: key {key!r} is not a string")
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+            kind = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+            raise CheckpointError(f"{path}: entry {key!r} is {kind}, not a numeric array")
+        state[key] = torch.from_numpy(np.ascontiguousarray(value).copy())
+    return state
+
+
+def _convert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The Paddle -> PyTorch rules shared by every family (see the module docstring)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith("._mean"):
+            out[key.removesuffix("._mean") + ".running_mean"] = value
+        elif key.endswith("._variance"):
+            base = key.removesuffix("._variance")
+            out[base + ".running_var"] = value
+            out[base + ".num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+        elif key.endswith(".weight") and value.ndim == 2:
+            out[key] = value.t().contiguous()
+        else:
+            out[key] = value
+    return out
+
+
+def convert_paddle_metaformer(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Paddle DFFormer/MetaFormer state_dict -> ours (names already equal; Linear transposed).
+
+    ``complex_weights`` ``[h, w, filters, 2]`` keep their layout (last axis real, imag).
+    """
+    return _convert(state)
+
+
+def convert_paddle_lvvit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Paddle LV-ViT state_dict -> ours: Linear transposed, stem BatchNorm stats renamed.
+
+    The Paddle port's constructor names the class count ``class_dim``; weights are named as
+    the official PyTorch model's, so only layouts change.
+    """
+    return _convert(state)
