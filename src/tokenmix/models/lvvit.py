@@ -124,26 +124,31 @@ def mix_tokens(tokens: torch.Tensor, box: MixBox, grid: tuple[int, int]) -> torc
 
 
 def resize_pos_embed(
-    pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1
+    pos_embed: torch.Tensor,
+    grid: tuple[int, int],
+    num_prefix_tokens: int = 1,
+    src_grid: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Resize ``[1, prefix + h*w, C]`` position embeddings to ``grid``, prefix (class token) kept.
 
     Bicubic on the patch grid with ``align_corners=False``, as the official fine-tuning code
-    (``tlt/utils/utils.py:resize_pos_embed``). The stored grid must be square, as every
-    official checkpoint's is, because a flat token count does not say its shape otherwise.
+    (``tlt/utils/utils.py:resize_pos_embed``). Without ``src_grid`` the stored grid must be
+    square, as every official checkpoint's is: a flat token count does not say its shape.
     """
     prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     n = patches.shape[1]
-    side = math.isqrt(n)
-    if side * side != n:
-        raise CheckpointError(
-            f"pos_embed has {n} patch positions (+{num_prefix_tokens} class), not a square grid; "
-            "cannot tell its shape to resize it"
-        )
-    if (side, side) == tuple(grid):
+    if src_grid is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise CheckpointError(
+                f"pos_embed has {n} patch positions (+{num_prefix_tokens} class), not a square "
+                "grid; cannot tell its shape to resize it"
+            )
+        src_grid = (side, side)
+    if tuple(src_grid) == tuple(grid):
         return pos_embed
     dim = patches.shape[-1]
-    patches = patches.reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    patches = patches.reshape(1, src_grid[0], src_grid[1], dim).permute(0, 3, 1, 2)
     patches = F.interpolate(patches.float(), size=grid, mode="bicubic", align_corners=False)
     patches = patches.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
     return torch.cat([prefix, patches.to(pos_embed.dtype)], dim=1)
@@ -385,7 +390,7 @@ class LVViT(nn.Module):
         """Position embeddings for a patch grid; resized (bicubic) when it is not the stored one."""
         if tuple(grid) == self.grid_size:
             return self.pos_embed
-        return resize_pos_embed(self.pos_embed, grid, self.num_prefix_tokens)
+        return resize_pos_embed(self.pos_embed, grid, self.num_prefix_tokens, self.grid_size)
 
     def patchify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Stem output as tokens ``[B, N, C]`` (row-major over the grid) and the grid size."""
