@@ -346,9 +346,24 @@ def test_unreadable_file_in_offline_mode_is_an_error(official, env, monkeypatch)
         tokenmix.create_model(name, pretrained=True)
 
 
+def test_bad_cached_copy_in_offline_mode_is_an_error(official, server, env, monkeypatch) -> None:
+    name, data, _ = official
+    hub.download_weights(name, progress=False)
+    (env / "test_dfformer_fake.pth").write_bytes(data[:100])
+    monkeypatch.setenv(hub.ENV_OFFLINE, "1")
+    with pytest.raises(WeightsError, match="cached copy bad: size 100 bytes"):
+        tokenmix.create_model(name, pretrained=True)
+    assert len(server.requests) == 1
+
+
 def test_architecture_without_weights_names_the_alternatives(env) -> None:
     with pytest.raises(WeightsError, match="gfformer_s18 has no published weights"):
         tokenmix.create_model("gfformer_s18", pretrained=True)
+    if tokenmix.list_models("lvvit_l"):  # no 224 weights: the default cfg has none
+        with pytest.raises(
+            WeightsError, match=r"Published: lvvit_l\.tl_in1k_448, lvvit_l\.tl_in1k_512"
+        ):
+            hub.download_weights("lvvit_l")
 
 
 def test_cache_dir_resolution(monkeypatch, tmp_path) -> None:

@@ -143,21 +143,20 @@ def download_weights(
     """
     w = resolve(name)
     w.path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(w.path.with_name(w.path.name + ".lock"))):
-        if not force:
-            problem = _check_cached(w)
-            if problem is None:
-                return w.path
-            if w.path.exists():
-                log.warning("%s: %s; downloading it again", w.path, problem)
-                _remove(w.path, w.sidecar)
-        elif w.path.exists():
-            _remove(w.path, w.sidecar)
+    with _lock(w):
+        problem = "download forced" if force else _check_cached(w)
+        if problem is None:
+            return w.path
         if is_offline():
+            state = "not in the cache" if problem == "not cached" else f"cached copy bad: {problem}"
             raise WeightsError(
-                f"{w.name}: not in the cache and {ENV_OFFLINE} is set, so {w.url} was not "
-                f"fetched.\n{_manual_hint(w)}"
+                f"{w.name}: {state}, and {ENV_OFFLINE} is set, so {w.url} was not fetched."
+                f"\n{_manual_hint(w)}"
             )
+        if w.path.exists():
+            if not force:
+                log.warning("%s: %s; downloading it again", w.path, problem)
+            _remove(w.path, w.sidecar)
         _download(w, progress=progress)
     return w.path
 
@@ -183,6 +182,7 @@ def load_pretrained(model: nn.Module, name: str) -> LoadReport:
         state = read_state_dict(path)
     report = load_weights(model, state, source_format=w.cfg.source_format)
     report.source = f"{w.name} ({path})"
+    log.info("loaded %s from %s (licence: %s)", w.name, path, w.cfg.license or "not stated")
     return report
 
 
@@ -234,7 +234,10 @@ def _check_cached(w: Weights) -> str | None:
         return f"SHA-256 {actual} does not match the expected {expected_hash}"
     if meta is None:
         log.info("%s: found in the cache without a record; recording its SHA-256", w.path)
-        _write_sidecar(w, size, actual, "recorded when found in the cache")
+        try:
+            _write_sidecar(w, size, actual, "recorded when found in the cache")
+        except OSError as e:  # a read-only shared cache: use the file, just do not record it
+            log.warning("%s: cannot record its SHA-256 (%s)", w.sidecar, e)
     return None
 
 
@@ -261,6 +264,16 @@ def _write_sidecar(w: Weights, num_bytes: int, sha256: str, how: str) -> None:
     tmp = w.sidecar.with_name(w.sidecar.name + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp, w.sidecar)
+
+
+def _lock(w: Weights) -> contextlib.AbstractContextManager[Any]:
+    """A lock per file, so that processes sharing a cache (one per GPU) download it once.
+
+    A read-only cache (shared, filled by someone else) needs no lock: nothing is written.
+    """
+    if not os.access(w.path.parent, os.W_OK):
+        return contextlib.nullcontext()
+    return FileLock(str(w.path.with_name(w.path.name + ".lock")))
 
 
 def _remove(*paths: Path) -> None:
