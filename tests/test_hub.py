@@ -29,6 +29,8 @@ from tokenmix.cli.main import main as cli_main
 from tokenmix.models import get_pretrained_cfg, hub, list_models, registry
 from tokenmix.models.hub import ChecksumError, WeightsError
 
+from .conftest import REFERENCE, require
+
 ARCH = "test_dfformer"
 
 
@@ -464,3 +466,15 @@ def test_paddle_checkpoint_is_converted_on_the_fly(monkeypatch, server, env) -> 
     model = tokenmix.create_model(name, pretrained=True)
     assert torch.allclose(_output(model), _output(source), atol=1e-6)
     assert server.gets("test_dfformer_fake.pdparams") == [None]
+
+
+def test_real_paddle_file_served_and_converted(monkeypatch, server, env) -> None:
+    """The reference ``.pdparams`` written by Paddle itself, downloaded and loaded: same logits."""
+    case = require(REFERENCE / "paddle" / "seed_dfformer_tiny.pdparams")
+    server.files["seed_dfformer_tiny.pdparams"] = case.read_bytes()
+    name = publish(monkeypatch, "seed_dfformer_tiny.pdparams", tag="seed", source_format="pdparams")
+    model = tokenmix.create_model(name, pretrained=True).eval()
+    expected = np.load(case.with_suffix(".npz"))
+    with torch.no_grad():
+        out = model(torch.from_numpy(expected["input"]))
+    assert (out - torch.from_numpy(expected["output"])).abs().max() <= 1e-5
