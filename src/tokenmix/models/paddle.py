@@ -4,8 +4,9 @@
 a ``StructuredToParameterName@@`` name table). Unpickling such a file with ``pickle.load``
 would run whatever callables it names, so :func:`read_pdparams` uses an allow-list unpickler
 that resolves only the globals a Paddle state_dict needs (numpy's array reconstructor,
-``ndarray``, ``dtype`` and ``OrderedDict``); anything else, e.g. a ``builtins.eval`` or
-``os.system`` payload, is refused before it can be called.
+``ndarray``, ``dtype``, ``OrderedDict``, and ``_codecs.encode`` for protocol-2 bytes);
+anything else, e.g. a ``builtins.eval`` or ``os.system`` payload, is refused before it can
+be called.
 
 Layout differences from PyTorch (checked on the Paddle ports in ``shared/reference/paddle``
 by ``tests/test_paddle.py``):
@@ -19,6 +20,7 @@ by ``tests/test_paddle.py``):
 
 from __future__ import annotations
 
+import codecs
 import io
 import pickle
 from collections import OrderedDict
@@ -52,6 +54,9 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("collections", "OrderedDict"): OrderedDict,
+    # protocol-2 pickles (older Paddle) spell bytes as _codecs.encode(str, "latin1"); the
+    # same entry torch.load(weights_only=True) allows
+    ("_codecs", "encode"): codecs.encode,
 }
 
 
