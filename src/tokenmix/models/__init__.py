@@ -6,13 +6,16 @@ from . import (
 )
 from .builder import create_model
 from .checkpoint import CheckpointError, load_weights, read_state_dict
+from .hub import WeightsError, download_weights
 from .pretrained import PretrainedCfg
 from .registry import get_pretrained_cfg, list_models, list_pretrained_cfgs
 
 __all__ = [
     "CheckpointError",
     "PretrainedCfg",
+    "WeightsError",
     "create_model",
+    "download_weights",
     "get_pretrained_cfg",
     "list_models",
     "list_pretrained_cfgs",
