@@ -15,6 +15,7 @@ COMMANDS = [
     "models",
     "download",
     "convert",
+    "relabel",
 ]
 
 

@@ -1,0 +1,110 @@
+"""Make token labels: run a teacher densely over a dataset and store its top-k scores per location.
+
+Any registered classifier can be the teacher, with its official weights (default) or a
+checkpoint of yours (--checkpoint: .pth, .pdparams or .safetensors). LV-ViT teachers give one
+score vector per patch token (their aux_head); MetaFormer teachers apply their head to every
+location of the final stage map. Each image is squashed whole to the teacher's input size, so
+the map covers the full image and training crops apply to it directly.
+
+The labels go to ONE memory-mapped file (OUT/labels.npy) with an index from sample id to row
+(OUT/index.json). Work is committed every --chunk-size images; after an interruption, run the
+same command again and it continues after the last finished chunk.
+
+Examples:
+  tokenmix relabel --teacher lvvit_m.tl_in1k --data /data/imagenet --out labels/imagenet_lvvit_m
+  tokenmix relabel --teacher caformer_s18 --checkpoint run/best.pth --num-classes 10 \\
+      --data cifar-10-python.tar.gz --out labels/cifar --grid 14 --topk 5 --img-size 224
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "make token labels with a teacher (dense top-k scores, resumable)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="model name, e.g. lvvit_m or lvvit_s.tl_in1k")
+    p.add_argument(
+        "--checkpoint", type=Path, default=None, help="teacher weights (default: official)"
+    )
+    p.add_argument("--num-classes", type=int, default=None, help="classes of --checkpoint")
+    p.add_argument(
+        "--data", required=True, help="dataset spec (folder, CIFAR-10, list file, digits)"
+    )
+    p.add_argument("--split", default="train", help="dataset split (default: train)")
+    p.add_argument("--out", required=True, type=Path, help="label directory to create or resume")
+    p.add_argument("--topk", type=int, default=5, help="classes kept per location (default: 5)")
+    p.add_argument(
+        "--grid",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="label grid, N or H W (default: the teacher's own grid)",
+    )
+    p.add_argument(
+        "--img-size", type=int, default=None, help="teacher input size (default: its cfg)"
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--chunk-size", type=int, default=2048, help="images per commit (default: 2048)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="decoding processes (default: CPU cores, <= 8)"
+    )
+    p.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda if available)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast for the teacher")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from tokenmix.data.datasets import open_dataset
+    from tokenmix.data.loader import default_num_workers
+    from tokenmix.data.token_labels import relabel_dataset
+    from tokenmix.models import create_model, load_weights
+
+    if args.grid is not None and len(args.grid) not in (1, 2):
+        raise ValueError(f"--grid takes N or H W, got {args.grid}")
+    grid = None if args.grid is None else (args.grid[0], args.grid[-1])
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    dataset = open_dataset(args.data, args.split)
+    if args.checkpoint is None:
+        teacher = create_model(
+            args.teacher, pretrained=True, num_classes=args.num_classes, img_size=args.img_size
+        )
+    else:
+        teacher = create_model(args.teacher, num_classes=args.num_classes, img_size=args.img_size)
+        report = load_weights(teacher, args.checkpoint)
+        if report.reinitialized:
+            raise ValueError(
+                f"{args.checkpoint}: its classifier is for another number of classes than "
+                f"{teacher.num_classes}; pass --num-classes so the teacher keeps its head"
+            )
+    meta = {
+        "teacher": args.teacher,
+        "checkpoint": None if args.checkpoint is None else str(args.checkpoint.resolve()),
+        "dataset": args.data,
+        "split": args.split,
+    }
+    store = relabel_dataset(
+        teacher,
+        dataset,
+        args.out,
+        topk=args.topk,
+        grid=grid,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        device=device,
+        num_workers=default_num_workers() if args.workers is None else args.workers,
+        amp=args.amp,
+        meta=meta,
+    )
+    print(
+        f"{args.out}: {len(store)} samples, top-{store.topk} of {store.num_classes} classes on a "
+        f"{store.grid[0]}x{store.grid[1]} grid"
+    )
+    return 0

@@ -1,0 +1,419 @@
+"""Token labels: a teacher's dense class scores per image, stored once, cropped with the image.
+
+Token Labeling (Jiang et al., "All Tokens Matter", NeurIPS 2021; zihangJiang/TokenLabeling)
+trains every patch token of LV-ViT against the score a teacher gives the image region under
+it. Three steps live here:
+
+1. :func:`relabel_dataset` runs a teacher densely over a dataset (``tokenmix relabel``) and
+   keeps the top-k class probabilities per location of a ``grid``.
+2. :class:`TokenLabelStore` reads them back: ONE memory-mapped file for the whole dataset and an
+   index from sample id to row (the official release stores one small ``.pt`` file per image,
+   1.28 million files for ImageNet).
+3. :func:`token_label_targets` turns a batch of stored maps into per-token targets
+   ``[B, N, C]`` using the SAME crop boxes and flips as the images (``tokenmix.data.crops``).
+
+Alignment. The teacher sees the whole image resized to its input size (no crop), so a map
+covers the image exactly and the normalised crop boxes apply to it unchanged. The map is
+cropped and flipped with the same ``grid_sample`` code as the pixels and then average-pooled to
+the token grid, so each token's target is the teacher's score over that token's pixels.
+``tests/test_token_labeling.py`` proves it with an asymmetric crop of an image whose class
+layout is known. (The official pipeline passes ``(top, left, bottom, right)`` coordinates to
+``roi_align``, which reads ``(x1, y1, x2, y2)``: its label crop is transposed whenever the crop
+is not square.)
+
+Storage layout of a label directory::
+
+    labels.npy      structured memmap, one row per sample: values float16 [k, h, w]
+                    (teacher softmax probabilities) and indices int16/int32 [k, h, w]
+    index.json      metadata (teacher, dataset, grid, top-k, classes) and the sample ids
+    progress.json   rows finished; rewritten atomically after each chunk is flushed, so an
+                    interrupted run resumes at the last finished chunk
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+from .crops import crop_resize
+from .transforms import SquashResize
+
+log = logging.getLogger("tokenmix")
+
+__all__ = [
+    "TokenLabelStore",
+    "dense_logits",
+    "label_maps",
+    "relabel_dataset",
+    "token_label_targets",
+]
+
+FORMAT = "tokenmix-token-labels"
+VERSION = 1
+LABELS_FILE = "labels.npy"
+INDEX_FILE = "index.json"
+PROGRESS_FILE = "progress.json"
+
+
+class LabeledImages(Protocol):
+    """What relabeling needs from a dataset (``tokenmix.data.datasets.ImageDataset`` has it)."""
+
+    classes: list[str]
+
+    def __len__(self) -> int: ...
+    def sample_id(self, i: int) -> str: ...
+    def load(self, i: int) -> Image.Image: ...
+
+
+def row_dtype(topk: int, grid: tuple[int, int], num_classes: int) -> np.dtype:
+    """One sample's record: top-k values (float16) and class indices on the grid."""
+    index_type = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
+    shape = (topk, grid[0], grid[1])
+    return np.dtype([("values", np.float16, shape), ("indices", index_type, shape)])
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    """Write, fsync, then rename over ``path``: readers see the old or the new file, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} not found: is {path.parent} a token-label directory?"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+# --- reading ----------------------------------------------------------------------------------
+class TokenLabelStore:
+    """Read-only access to a finished label directory, by sample id.
+
+    The memmap is opened lazily in each process, so the store can be handed to DataLoader
+    workers; reading a batch touches only its rows.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        index = _read_json(self.path / INDEX_FILE)
+        if index.get("format") != FORMAT or index.get("version") != VERSION:
+            raise ValueError(
+                f"{self.path / INDEX_FILE}: not a tokenmix token-label index "
+                f"(format {index.get('format')!r}, version {index.get('version')!r})"
+            )
+        self.meta: dict[str, Any] = index["meta"]
+        self.sample_ids: list[str] = index["ids"]
+        self._row_of = {sid: i for i, sid in enumerate(self.sample_ids)}
+        if len(self._row_of) != len(self.sample_ids):
+            raise ValueError(f"{self.path / INDEX_FILE}: duplicate sample ids")
+        done = int(_read_json(self.path / PROGRESS_FILE)["done"])
+        if done < len(self.sample_ids):
+            raise ValueError(
+                f"{self.path} is incomplete ({done} of {len(self.sample_ids)} samples labelled); "
+                "run the same `tokenmix relabel` command again to finish it"
+            )
+        self._array: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def topk(self) -> int:
+        return int(self.meta["topk"])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        h, w = self.meta["grid"]
+        return int(h), int(w)
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def __contains__(self, sample_id: str) -> bool:
+        return sample_id in self._row_of
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_array"] = None  # each process maps the file itself
+        return state
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            arr = np.load(self.path / LABELS_FILE, mmap_mode="r")
+            expected = row_dtype(self.topk, self.grid, self.num_classes)
+            if arr.dtype != expected or arr.shape != (len(self.sample_ids),):
+                raise ValueError(
+                    f"{self.path / LABELS_FILE}: holds {arr.shape} of {arr.dtype}, the index "
+                    f"says {len(self.sample_ids)} rows of {expected}"
+                )
+            self._array = arr
+        return self._array
+
+    def rows(self, sample_ids: Sequence[str]) -> np.ndarray:
+        """Row numbers of ``sample_ids``; an unknown id is an error that names it."""
+        try:
+            return np.fromiter((self._row_of[s] for s in sample_ids), np.int64, len(sample_ids))
+        except KeyError as e:
+            raise KeyError(
+                f"sample {e.args[0]!r} has no token labels in {self.path}; were they made for "
+                "this dataset and split?"
+            ) from None
+
+    def load(self, sample_ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k maps of a batch: values float32 ``[B, k, h, w]``, indices int64 ``[B, k, h, w]``."""
+        rows = self.rows(sample_ids)
+        records = self.array[rows]
+        values = torch.from_numpy(records["values"].astype(np.float32))
+        indices = torch.from_numpy(records["indices"].astype(np.int64))
+        return values, indices
+
+
+# --- from stored maps to token targets --------------------------------------------------------
+def label_maps(values: torch.Tensor, indices: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Scatter top-k maps ``[B, k, h, w]`` into dense class maps ``[B, num_classes, h, w]``.
+
+    Classes outside the top k get 0, as in the official ``get_featuremaps``.
+    """
+    if int(indices.max()) >= num_classes or int(indices.min()) < 0:
+        raise ValueError(
+            f"token labels hold class indices in [{int(indices.min())}, {int(indices.max())}], "
+            f"outside the model's {num_classes} classes"
+        )
+    b, _, h, w = values.shape
+    out = torch.zeros(b, num_classes, h, w, device=values.device, dtype=torch.float32)
+    return out.scatter_(1, indices.long(), values.float())
+
+
+def token_label_targets(
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    boxes: torch.Tensor,
+    grid: tuple[int, int],
+    num_classes: int,
+    flip: torch.Tensor | None = None,
+    oversample: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token and class targets for a batch cropped with ``boxes`` (and mirrored where ``flip``).
+
+    The dense maps are cropped with :func:`tokenmix.data.crops.crop_resize` (the function that
+    crops the images), sampled at ``oversample`` points per token side and averaged per token:
+    the area average that ``roi_align`` computes in the official code, without torchvision.
+
+    Args:
+        values, indices: stored top-k maps ``[B, k, h, w]`` (:meth:`TokenLabelStore.load`).
+        boxes: crop boxes ``[B, 4]`` ``(x0, y0, x1, y1)``, normalised to the full image.
+        grid: the model's patch grid ``(rows, cols)``.
+        num_classes: the model's class count.
+        flip: ``[B]`` bool, horizontal flips applied to the images after cropping.
+        oversample: samples per token side.
+
+    Returns:
+        ``(dense [B, rows*cols, C], cls [B, C])``; ``cls`` is the crop average, which the
+        official recipe uses as the class token's target.
+    """
+    maps = label_maps(values.float(), indices, num_classes)
+    rows, cols = grid
+    crops = crop_resize(maps, boxes, (rows * oversample, cols * oversample), flip, "bilinear")
+    tokens = F.avg_pool2d(crops, oversample)
+    dense = tokens.flatten(2).transpose(1, 2)
+    return dense, dense.mean(dim=1)
+
+
+# --- making labels ----------------------------------------------------------------------------
+def dense_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """A classifier's class logits at every location of its final feature map, ``[B, C, h, w]``.
+
+    - Models with ``forward_dense`` (LV-ViT): its per-token ``aux_head`` outputs.
+    - Other models (the MetaFormer family): ``forward_head`` applied to every location of the
+      final stage map on its own, i.e. the head without the global pooling — the official
+      ``generate_label.py`` does the same for CNN teachers with a 1x1-conv copy of the fc layer.
+      A MetaFormer head normalises after pooling, so per location the norm sees one vector
+      instead of the mean; averaging the dense map does not give the image logits exactly.
+    """
+    forward_dense = getattr(model, "forward_dense", None)
+    if forward_dense is not None:
+        return forward_dense(images)
+    feats = model.forward_features(images)
+    if feats.ndim != 4:
+        raise ValueError(
+            f"{type(model).__name__}.forward_features returned shape {tuple(feats.shape)}; a "
+            "teacher needs a [B, C, H, W] map or a forward_dense method"
+        )
+    b, c, h, w = feats.shape
+    per_location = feats.permute(0, 2, 3, 1).reshape(b * h * w, c, 1, 1)
+    logits = model.forward_head(per_location)
+    return logits.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+class _TeacherInputs(torch.utils.data.Dataset):
+    """Samples ``start..`` of a dataset, the whole image squashed to the teacher's input (uint8)."""
+
+    def __init__(self, dataset: LabeledImages, resize: SquashResize, start: int) -> None:
+        self.dataset = dataset
+        self.resize = resize
+        self.start = start
+
+    def __len__(self) -> int:
+        return len(self.dataset) - self.start
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.resize(self.dataset.load(self.start + i).convert("RGB"))
+
+
+def _open_for_writing(
+    out: Path, meta: dict[str, Any], ids: list[str], dtype: np.dtype
+) -> tuple[np.memmap, int]:
+    """Create the label directory, or reopen it to resume when it was made the same way."""
+    index_path = out / INDEX_FILE
+    if index_path.exists():
+        index = _read_json(index_path)
+        old = index.get("meta", {})
+        changed = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+        if index.get("format") != FORMAT or changed or index.get("ids") != ids:
+            what = ", ".join(f"{k}: {old.get(k)!r} -> {meta.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"{out} holds token labels made differently ({what or 'other samples'}); "
+                "choose another --out or delete it to start over"
+            )
+        done = int(_read_json(out / PROGRESS_FILE)["done"])
+        labels = np.load(out / LABELS_FILE, mmap_mode="r+")
+        return labels, done
+    if out.exists() and any(p.name not in (LABELS_FILE, PROGRESS_FILE) for p in out.iterdir()):
+        raise ValueError(f"{out} exists and is not a token-label directory; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    labels = np.lib.format.open_memmap(out / LABELS_FILE, "w+", dtype, (len(ids),))
+    labels.flush()
+    _write_json_atomic(out / PROGRESS_FILE, {"done": 0})
+    # the index goes last: its presence marks a directory that can be resumed
+    _write_json_atomic(index_path, {"format": FORMAT, "version": VERSION, "meta": meta, "ids": ids})
+    return labels, 0
+
+
+@torch.no_grad()
+def relabel_dataset(
+    teacher: nn.Module,
+    dataset: LabeledImages,
+    out: str | Path,
+    *,
+    topk: int = 5,
+    grid: tuple[int, int] | None = None,
+    input_size: tuple[int, int] | None = None,
+    batch_size: int = 64,
+    chunk_size: int = 2048,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    amp: bool = False,
+    meta: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> TokenLabelStore:
+    """Label every sample of ``dataset`` with ``teacher``'s dense top-k scores, resumably.
+
+    The teacher runs in eval mode on the whole image squashed to ``input_size`` (default: its
+    pretrained cfg's; the training loader squashes the same way, so crop boxes normalised to
+    the full image apply to the maps), normalised with its cfg's mean and std. Its per-location logits
+    (:func:`dense_logits`) are resized to ``grid`` (bilinear, antialiased; default: the
+    teacher's own grid), turned into probabilities, and the top ``topk`` are stored. Rows are
+    committed every ``chunk_size`` samples (memmap flushed, then ``progress.json`` replaced
+    atomically); calling again with the same arguments continues after the last committed
+    chunk and gives the same file as an uninterrupted run.
+
+    Args:
+        meta: extra provenance stored in the index (teacher name, checkpoint, dataset spec);
+            resuming requires it to be equal.
+
+    Returns:
+        The finished store.
+    """
+    out = Path(out)
+    device = torch.device(device)
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    teacher = teacher.eval().to(device)
+    cfg = teacher.pretrained_cfg
+    size = tuple(input_size or cfg.input_size[1:])
+    mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1) * 255
+    probe = dense_logits(teacher, torch.zeros(1, 3, *size, device=device))
+    num_classes = probe.shape[1]
+    grid = tuple(grid or probe.shape[-2:])
+    if topk > num_classes:
+        raise ValueError(f"topk {topk} exceeds the teacher's {num_classes} classes")
+    if len(dataset.classes) != num_classes:
+        log.warning(
+            "the teacher predicts %d classes, the dataset has %d: the labels are in the "
+            "teacher's classes (transfer labelling)",
+            num_classes,
+            len(dataset.classes),
+        )
+
+    ids = [dataset.sample_id(i) for i in range(len(dataset))]
+    if not ids:
+        raise ValueError("the dataset is empty: nothing to label")
+    full_meta = {
+        **(meta or {}),
+        "num_classes": num_classes,
+        "topk": topk,
+        "grid": list(grid),
+        "input_size": list(size),
+        "num_samples": len(ids),
+        "dataset_classes": list(dataset.classes),
+        "scores": "teacher softmax probabilities, top-k per location (float16)",
+    }
+    labels, done = _open_for_writing(out, full_meta, ids, row_dtype(topk, grid, num_classes))
+    if done >= len(ids):
+        return TokenLabelStore(out)
+    if done:
+        log.info("%s: resuming after %d of %d samples", out, done, len(ids))
+
+    loader = torch.utils.data.DataLoader(
+        _TeacherInputs(dataset, SquashResize(size, cfg.interpolation, draft=False), done),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    row, committed = done, done
+    with tqdm(
+        total=len(ids), initial=done, unit="img", desc="relabel", disable=not progress
+    ) as bar:
+        for images in loader:
+            x = (images.to(device, non_blocking=True).float() - mean) / std
+            with autocast:
+                logits = dense_logits(teacher, x)
+            logits = logits.float()
+            if tuple(logits.shape[-2:]) != grid:
+                logits = F.interpolate(logits, size=grid, mode="bilinear", antialias=True)
+            values, indices = logits.softmax(dim=1).topk(topk, dim=1)
+            end = row + len(images)
+            labels["values"][row:end] = values.cpu().numpy().astype(np.float16)
+            labels["indices"][row:end] = indices.cpu().numpy().astype(labels["indices"].dtype)
+            row = end
+            bar.update(len(images))
+            if row - committed >= chunk_size or row == len(ids):
+                labels.flush()
+                _write_json_atomic(out / PROGRESS_FILE, {"done": row})
+                committed = row
+    del labels
+    return TokenLabelStore(out)
