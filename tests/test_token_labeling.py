@@ -162,6 +162,18 @@ def test_transposed_box_would_give_other_labels() -> None:
     assert not torch.equal(right[1].argmax(-1), swapped[1].argmax(-1))
 
 
+def test_token_targets_average_finer_label_cells() -> None:
+    """A 16x16 map under 4x4 tokens, whole image: each token gets the mean of its 4x4 cells."""
+    torch.manual_seed(0)
+    values = torch.rand(2, 3, 16, 16)
+    indices = torch.stack([torch.full((16, 16), c) for c in (0, 2, 4)])[None].expand(2, -1, -1, -1)
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2)
+    dense, cls = token_label_targets(values, indices, boxes, (4, 4), 5)
+    expect = torch.nn.functional.avg_pool2d(label_maps(values, indices, 5), 4)
+    assert torch.allclose(dense, expect.flatten(2).transpose(1, 2), atol=1e-6)
+    assert torch.allclose(cls, label_maps(values, indices, 5).mean(dim=(2, 3)), atol=1e-6)
+
+
 def test_label_maps_scatter_and_reject_bad_indices() -> None:
     values = torch.tensor([[[[0.7]], [[0.2]]]])  # [1, k=2, 1, 1]
     indices = torch.tensor([[[[3]], [[1]]]])

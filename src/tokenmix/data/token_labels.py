@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -213,7 +214,7 @@ def token_label_targets(
     grid: tuple[int, int],
     num_classes: int,
     flip: torch.Tensor | None = None,
-    oversample: int = 4,
+    oversample: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token and class targets for a batch cropped with ``boxes`` (and mirrored where ``flip``).
 
@@ -227,7 +228,11 @@ def token_label_targets(
         grid: the model's patch grid ``(rows, cols)``.
         num_classes: the model's class count.
         flip: ``[B]`` bool, horizontal flips applied to the images after cropping.
-        oversample: samples per token side.
+        oversample: samples per token side; by default, as ``roi_align``'s adaptive sampling,
+            enough that every label cell a token covers is sampled (1 when the crop's label
+            cells are no finer than the tokens, the usual case, which keeps the dense
+            ``[B, C, rows, cols]`` intermediate small). Choosing it reads the boxes, a device
+            synchronisation when they live on an accelerator; pass it to avoid that.
 
     Returns:
         ``(dense [B, rows*cols, C], cls [B, C])``; ``cls`` is the crop average, which the
@@ -235,8 +240,12 @@ def token_label_targets(
     """
     maps = label_maps(values.float(), indices, num_classes)
     rows, cols = grid
+    if oversample is None:
+        size = (boxes[:, 2:] - boxes[:, :2]).max(dim=0).values.tolist()  # widest crop (w, h)
+        cells = max(size[0] * maps.shape[-1] / cols, size[1] * maps.shape[-2] / rows)
+        oversample = max(math.ceil(cells - 1e-6), 1)
     crops = crop_resize(maps, boxes, (rows * oversample, cols * oversample), flip, "bilinear")
-    tokens = F.avg_pool2d(crops, oversample)
+    tokens = F.avg_pool2d(crops, oversample) if oversample > 1 else crops
     dense = tokens.flatten(2).transpose(1, 2)
     return dense, dense.mean(dim=1)
 
