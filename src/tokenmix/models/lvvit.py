@@ -324,16 +324,16 @@ class LVViT(nn.Module):
             Block(
                 embed_dim,
                 num_heads,
-                mlp_ratio,
-                head_dim,
-                qkv_bias,
-                qk_scale,
-                drop_rate,
-                attn_drop_rate,
-                rates[i],
-                skip_lam,
+                mlp_ratio=mlp_ratio,
+                head_dim=head_dim,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                drop_rate=drop_rate,
+                attn_drop_rate=attn_drop_rate,
+                drop_path_rate=rate,
+                skip_lam=skip_lam,
             )
-            for i in range(depth)
+            for rate in rates
         )
         self.feature_info = [
             {"num_chs": embed_dim, "reduction": patch_size, "module": f"blocks.{i}"}
@@ -398,7 +398,14 @@ class LVViT(nn.Module):
         grid = (x.shape[-2], x.shape[-1])
         return x.flatten(2).transpose(1, 2), grid
 
-    def _blocks(self, x: torch.Tensor, indices: set[int] | None = None, stop: int | None = None):
+    def _embed(self, patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Class token prepended, position embeddings added."""
+        x = torch.cat([self.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
+        return self.pos_drop(x + self.pos_embed_for(grid))
+
+    def _blocks(
+        self, x: torch.Tensor, indices: set[int] | None = None, stop: int | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run blocks ``0..stop-1``; collect the outputs of ``indices``."""
         collected = []
         stop = len(self.blocks) if stop is None else stop
@@ -412,9 +419,7 @@ class LVViT(nn.Module):
 
     def forward_tokens(self, patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Patch tokens -> class token prepended, positions added, blocks, final norm."""
-        x = torch.cat([self.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
-        x = self.pos_drop(x + self.pos_embed_for(grid))
-        x, _ = self._blocks(x)
+        x, _ = self._blocks(self._embed(patches, grid))
         return self.norm(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -471,10 +476,8 @@ class LVViT(nn.Module):
         ``out_indices``); also the final normed tokens unless ``intermediates_only``."""
         wanted = set(self.out_indices if indices is None else indices)
         patches, grid = self.patchify(x)
-        h = torch.cat([self.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
-        h = self.pos_drop(h + self.pos_embed_for(grid))
         stop = max(wanted) + 1 if intermediates_only else None
-        h, collected = self._blocks(h, wanted, stop)
+        h, collected = self._blocks(self._embed(patches, grid), wanted, stop)
         b = x.shape[0]
         feats = [t[:, 1:].transpose(1, 2).reshape(b, -1, *grid) for t in collected]
         if intermediates_only:
