@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import pickle
@@ -38,6 +39,12 @@ def test_wrapped_state_dicts_load(model, tmp_path, wrapper) -> None:
     torch.save(obj, path)
     other = tokenmix.create_model("test_dfformer", pretrained=path)
     assert _same_output(model, other)
+
+
+def test_timm_training_checkpoint_with_args_namespace(model, tmp_path) -> None:
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"state_dict": model.state_dict(), "args": argparse.Namespace(lr=1e-3)}, path)
+    assert _same_output(model, tokenmix.create_model("test_dfformer", pretrained=path))
 
 
 def test_use_ema_prefers_ema_weights(model, tmp_path) -> None:

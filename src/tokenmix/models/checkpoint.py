@@ -9,6 +9,7 @@ keys are skipped, the classifier keeps its fresh initialisation, and a warning s
 
 from __future__ import annotations
 
+import argparse
 import logging
 import pickle
 import zipfile
@@ -73,7 +74,10 @@ def read_state_dict(path: str | Path, *, use_ema: bool = False) -> dict[str, Any
 
         return read_pdparams(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # timm-style training checkpoints carry their argparse.Namespace under "args"; it is
+        # a plain attribute bag, safe to rebuild, so it is the one class we allow beyond tensors.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects other than tensors and "
