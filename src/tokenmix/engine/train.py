@@ -1,0 +1,606 @@
+"""The training loop: :func:`fit` runs a config from scratch or a checkpoint to a final evaluation.
+
+One optimizer step = ``optim.accum_steps`` micro-batches per process: augment on the device,
+forward under autocast, backward (DDP all-reduces gradients on the last micro-batch only),
+then unscale, clip, step, schedule (per step) and EMA update. Losses stay on the device and
+are read back every ``log.every_steps`` steps and before each checkpoint, which is also when a
+non-finite loss is noticed: the run then stops naming the step where it first appeared, and
+no checkpoint ever stores the damaged weights.
+
+Reproducibility and resume. Every random draw of a step (augmentation, drop path, dropout,
+MixToken) comes from generators reseeded from ``(train.seed, step, micro-batch, rank)`` at the
+start of that micro-batch (:func:`seed_step`), and the data order from ``(seed, epoch)``
+(:mod:`tokenmix.data.loader`). So a checkpoint needs only counters besides the weights and
+optimizer state, and a run killed at any point and resumed with ``--resume`` repeats the
+uninterrupted run's steps exactly on CPU (on GPU, up to non-deterministic kernels).
+
+A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl``, ``tb/``
+(TensorBoard), ``checkpoints/`` (:mod:`tokenmix.engine.checkpoint`), ``plots/`` and
+``results.json`` (the final evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from tokenmix.config import Config, dump_yaml, to_dict
+from tokenmix.data.augment import AugmentedBatch
+from tokenmix.data.token_labels import TokenLabelStore, token_label_targets
+
+from . import checkpoint as ckpt
+from .build import (
+    Loss,
+    attach_transforms,
+    build_augment,
+    build_loaders,
+    build_loss,
+    build_model,
+    open_datasets,
+)
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from .ema import create_ema, load_ema
+from .evaluate import EvalResult, evaluate
+from .metrics import MetricsWriter, progress_bar, read_metrics
+from .optim import create_optimizer, create_scheduler
+from .predict import predict_topk
+
+log = logging.getLogger("tokenmix")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stopped without saving."""
+
+
+@dataclass
+class Counters:
+    """Where training stands: what a checkpoint restores besides the state dicts."""
+
+    epoch: int = 0  # epoch in progress
+    step: int = 0  # optimizer steps done
+    best_metric: float | None = None
+    best_step: int | None = None
+
+
+@dataclass
+class FitResult:
+    """What a finished run reports (also written to ``results.json``)."""
+
+    run_dir: str
+    steps: int
+    epochs: int
+    wall_time_s: float
+    final: dict[str, float] = field(default_factory=dict)
+    per_class_accuracy: dict[str, float] = field(default_factory=dict)
+    best_metric: float | None = None
+    best_step: int | None = None
+    plots: list[str] = field(default_factory=list)
+
+
+# --- small pieces with explicit inputs -------------------------------------------------------
+def step_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed mixed from ``seed`` and ``keys`` (NumPy's SeedSequence hashing)."""
+    words = np.random.SeedSequence([seed, *(k & 0xFFFFFFFF for k in keys)]).generate_state(2)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+def seed_step(seed: int, step: int, micro: int, rank: int) -> int:
+    """Reseed Python, NumPy and torch (CPU and CUDA) for one micro-batch; returns the seed.
+
+    Making every draw a function of ``(seed, step, micro, rank)`` lets a resumed run continue
+    the same random stream on any number of processes without saving generator states.
+    """
+    s = step_seed(seed, step, micro, rank)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    return s
+
+
+def autocast_context(device: torch.device, amp: str) -> Callable[[], AbstractContextManager]:
+    """A factory of autocast contexts for ``train.amp`` (``none``: a null context)."""
+    if amp == "none":
+        return nullcontext
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(
+            "train.amp=fp16 needs CUDA (it relies on a gradient scaler); use bf16 on CPU"
+        )
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def micro_batches(batches: Iterable[Any], accum_steps: int) -> Iterator[list[Any]]:
+    """Group loader batches into the ``accum_steps`` micro-batches of each optimizer step."""
+    group: list[Any] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == accum_steps:
+            yield group
+            group = []
+
+
+def forward_backward(
+    model: nn.Module,
+    batch: AugmentedBatch,
+    dense: torch.Tensor | None,
+    *,
+    loss_fn: Loss,
+    scaler: torch.amp.GradScaler,
+    autocast: Callable[[], AbstractContextManager],
+    loss_scale: float,
+    sync: bool,
+) -> torch.Tensor:
+    """Forward and backward of one micro-batch; returns its detached, unscaled loss.
+
+    ``sync=False`` skips DDP's gradient all-reduce (every micro-batch but the last);
+    ``loss_scale = 1 / accum_steps`` makes accumulated gradients the micro-batches' mean.
+    """
+    no_sync = getattr(model, "no_sync", None)
+    with no_sync() if (no_sync is not None and not sync) else nullcontext():
+        with autocast():
+            outputs = model(batch.images)
+        loss = loss_fn(outputs, batch, dense)
+        scaler.scale(loss * loss_scale).backward()
+    return loss.detach()
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    params: list[nn.Parameter],
+    clip_grad: float | None,
+) -> None:
+    """Unscale, clip the global gradient norm, step, update the loss scale, clear the grads."""
+    if clip_grad is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def dense_targets(
+    store: TokenLabelStore,
+    dataset: Any,
+    indices: torch.Tensor,
+    batch: AugmentedBatch,
+    grid: tuple[int, int],
+    num_classes: int,
+) -> torch.Tensor:
+    """Token-label targets ``[B, N, C]``, cropped, flipped and mixed exactly as the images."""
+    values, idx = store.load([dataset.sample_id(int(i)) for i in indices])
+    device = batch.images.device
+    dense, _ = token_label_targets(
+        values.to(device), idx.to(device), batch.boxes, grid, num_classes, flip=batch.flips
+    )
+    if batch.mix.mode is None:
+        return dense
+    b, n, c = dense.shape
+    maps = batch.mix.mix_maps(dense.transpose(1, 2).reshape(b, c, *grid))
+    return maps.reshape(b, c, n).transpose(1, 2)
+
+
+def is_better(value: float, best: float | None, monitor: str) -> bool:
+    if best is None:
+        return True
+    return value < best if monitor.endswith("loss") else value > best
+
+
+# --- the run ---------------------------------------------------------------------------------
+def fit(cfg: Config, run_dir: str | Path, *, resume: str | Path | None = None) -> FitResult:
+    """Train ``cfg`` in ``run_dir``, from the step checkpoint ``resume`` when given.
+
+    Joins the ``torchrun`` process group when launched by it; only rank 0 writes files.
+    """
+    dist = init_distributed(cfg.train.device)
+    try:
+        trainer = Trainer(cfg, Path(run_dir), dist)
+        if resume is not None:
+            trainer.restore(Path(resume))
+        return trainer.run()
+    finally:
+        shutdown()
+
+
+class Trainer:
+    """The live objects of one run and the steps of its loop, each a short method.
+
+    Args:
+        cfg: the checked config.
+        run_dir: where this run writes (rank 0 only).
+        dist: this process's place in the process group.
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path, dist: DistInfo) -> None:
+        self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
+        self.device = dev = dist.device
+        tc, world, accum = cfg.train, dist.world_size, cfg.optim.accum_steps
+        if tc.batch_size % (world * accum):
+            raise ValueError(
+                f"train.batch_size={tc.batch_size} must be divisible by processes x "
+                f"optim.accum_steps = {world} x {accum}"
+            )
+        self.autocast = autocast_context(dev, tc.amp)
+        if tc.cpu_threads is not None:
+            torch.set_num_threads(tc.cpu_threads)
+        seed_step(tc.seed, -1, 0, 0)  # initial weights: identical on every rank
+
+        self.train_set, self.val_set = open_datasets(cfg.data, seed=tc.seed)
+        self.classes = list(self.train_set.classes)
+        self.num_classes = cfg.model.num_classes or len(self.classes)
+        if self.num_classes != len(self.classes):
+            raise ValueError(
+                f"model.num_classes={self.num_classes} but the data has {len(self.classes)} classes"
+            )
+        token_labeling = cfg.loss.kind == "token_labeling"
+        self.model = build_model(
+            cfg.model, num_classes=self.num_classes, token_labeling=token_labeling
+        )
+        pcfg = self.model.pretrained_cfg
+        img_size = (pcfg.input_size[1], pcfg.input_size[2])
+        self.normalize = attach_transforms(self.train_set, self.val_set, cfg.data, pcfg).to(dev)
+        self.train_loader, self.val_loader = build_loaders(
+            self.train_set,
+            self.val_set,
+            cfg.data,
+            micro_batch=tc.batch_size // (world * accum),
+            eval_batch=max(1, (tc.eval_batch_size or tc.batch_size) // world),
+            seed=tc.seed,
+            rank=dist.rank,
+            world_size=world,
+        )
+        self.steps_per_epoch = self.train_loader.batches_per_epoch // accum
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the training set ({len(self.train_set)} images) is smaller than one step "
+                f"(train.batch_size={tc.batch_size}); lower the batch size or add data"
+            )
+        self.total_steps = tc.epochs * self.steps_per_epoch
+        if tc.max_steps is not None:
+            self.total_steps = min(self.total_steps, tc.max_steps)
+        self.augment = build_augment(
+            cfg.aug,
+            img_size=img_size,
+            num_classes=self.num_classes,
+            smoothing=0.0 if token_labeling else cfg.loss.label_smoothing,
+            mean=tuple(self.normalize.mean.flatten().tolist()),
+            std=tuple(self.normalize.std.flatten().tolist()),
+        )
+        self.loss_fn = build_loss(cfg.loss)
+        self.store = (
+            TokenLabelStore(cfg.loss.token_labels)
+            if token_labeling and cfg.loss.token_labels
+            else None
+        )
+
+        self.model.to(dev)
+        if tc.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if tc.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.ema = create_ema(self.model, cfg.ema.decay) if cfg.ema.enabled else None
+        self.optimizer = create_optimizer(self.model, cfg.optim)
+        self.scheduler = create_scheduler(
+            self.optimizer,
+            cfg.sched,
+            base_lr=cfg.optim.lr,
+            steps_per_epoch=self.steps_per_epoch,
+            epochs=tc.epochs,
+        )
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=tc.amp == "fp16")
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # what runs the training forward: DDP around the model, compiled if asked
+        self.ddp: nn.Module = self.model
+        if dist.distributed:
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[dev.index] if dev.type == "cuda" else None
+            )
+        self.forward_model = torch.compile(self.ddp) if tc.compile else self.ddp
+
+        self.counters = Counters()
+        self.resumed = False
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.meta = {
+            "format": "tokenmix-train",
+            "model": cfg.model.name,
+            "config": json.dumps(to_dict(cfg)),
+            "classes": json.dumps(self.classes),
+        }
+        self._window = torch.zeros((), device=dev)
+        self._window_steps = 0
+        self._window_start = time.perf_counter()
+        self._first_bad = torch.full((), -1, dtype=torch.int64, device=dev)
+        self.metrics: MetricsWriter | None = None
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything besides the weights that continuing this run needs."""
+        return {
+            "counters": asdict(self.counters),
+            "loader": self.train_loader.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema_updates": int(self.ema.n_averaged) if self.ema is not None else 0,
+            "seed": self.cfg.train.seed,
+        }
+
+    def restore(self, path: Path) -> None:
+        """Load a step checkpoint (weights, EMA, optimizer, schedule, scaler, counters, loader)."""
+        state = ckpt.load_train_state(path)
+        self.model.load_state_dict(ckpt.load_checkpoint_weights(path))
+        if self.ema is not None:
+            if not (path / ckpt.EMA_FILE).is_file():
+                raise ValueError(f"{path}: ema.enabled=true but the checkpoint has no EMA weights")
+            load_ema(
+                self.ema, ckpt.load_checkpoint_weights(path, ckpt.EMA_FILE), state["ema_updates"]
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.train_loader.load_state_dict(state["loader"])
+        self.counters = Counters(**state["counters"])
+        self.resumed = True
+        log.info(
+            "resumed %s at epoch %d, step %d", path, self.counters.epoch + 1, self.counters.step
+        )
+
+    def save(self) -> None:
+        """A step checkpoint (rank 0 writes; every rank waits for it)."""
+        if self.dist.is_main:
+            c = self.counters
+            ckpt.save_checkpoint(
+                self.ckpt_dir,
+                c.step,
+                model_state=self.model.state_dict(),
+                train_state=self.state(),
+                meta={**self.meta, "step": c.step, "epoch": c.epoch},
+                ema_state=self.ema.module.state_dict() if self.ema is not None else None,
+                keep_last=self.cfg.checkpoint.keep_last,
+            )
+        barrier()
+
+    def save_best(self, results: dict[str, float]) -> None:
+        """Keep the weights with the best monitored metric in ``best.safetensors``."""
+        cc, c = self.cfg.checkpoint, self.counters
+        value = results.get(cc.monitor)
+        if not cc.keep_best or value is None or not is_better(value, c.best_metric, cc.monitor):
+            return
+        c.best_metric, c.best_step = value, c.step
+        use_ema = cc.monitor.startswith("ema_") and self.ema is not None
+        net = self.ema.module if use_ema else self.model
+        if self.dist.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            meta = {
+                **self.meta,
+                "step": c.step,
+                "epoch": c.epoch,
+                "monitor": cc.monitor,
+                "value": value,
+                "weights": "ema" if use_ema else "model",
+            }
+            ckpt.save_weights(self.ckpt_dir / ckpt.BEST_FILE, net.state_dict(), meta)
+
+    # --- steps ------------------------------------------------------------------------------
+    def train_step(self, group: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        """One optimizer step over the micro-batches in ``group``."""
+        accum, step = len(group), self.counters.step
+        for m, (images, labels, indices) in enumerate(group):
+            self.augment.generator.manual_seed(
+                seed_step(self.cfg.train.seed, step, m, self.dist.rank)
+            )
+            batch = self.augment(images.to(self.device, non_blocking=True), labels)
+            if self.cfg.train.channels_last:
+                batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+            dense = None
+            if self.store is not None:
+                dense = dense_targets(
+                    self.store,
+                    self.train_set,
+                    indices,
+                    batch,
+                    self.model.grid_size,
+                    self.num_classes,
+                )
+            last = m == accum - 1
+            loss = forward_backward(
+                self.forward_model if last else self.ddp,
+                batch,
+                dense,
+                loss_fn=self.loss_fn,
+                scaler=self.scaler,
+                autocast=self.autocast,
+                loss_scale=1.0 / accum,
+                sync=last,
+            )
+            self._window += loss / accum
+            bad = (self._first_bad < 0) & ~torch.isfinite(loss)
+            self._first_bad = torch.where(bad, step, self._first_bad)
+        optimizer_step(self.optimizer, self.scaler, self.params, self.cfg.optim.clip_grad)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.counters.step += 1
+        self._window_steps += 1
+
+    def flush_log(self) -> float | None:
+        """Read back the mean loss since the last flush (one sync), check it, record it."""
+        if self._window_steps == 0:
+            return None
+        mean = all_reduce_sum(self._window / self._window_steps) / self.dist.world_size
+        bad = all_reduce_sum(torch.where(self._first_bad >= 0, self._first_bad + 1, 0))
+        loss, c = float(mean), self.counters
+        if int(bad) > 0 or not math.isfinite(loss):
+            last = ckpt.latest_checkpoint(self.ckpt_dir)
+            at = int(self._first_bad) if int(self._first_bad) >= 0 else c.step - 1
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss}) at step {at + 1} (epoch {c.epoch + 1}); stopped "
+                f"without saving. Last good checkpoint: {last or 'none'}. Try a lower optim.lr, "
+                "optim.clip_grad, or train.amp=none."
+            )
+        elapsed = time.perf_counter() - self._window_start
+        assert self.metrics is not None
+        self.metrics.write(
+            "train",
+            c.step,
+            epoch=round(c.step / self.steps_per_epoch, 4),
+            loss=loss,
+            lr=self.optimizer.param_groups[0]["lr"],
+            samples_per_s=round(
+                self._window_steps * self.cfg.train.batch_size / max(elapsed, 1e-9), 2
+            ),
+        )
+        self._window = torch.zeros((), device=self.device)
+        self._window_steps, self._window_start = 0, time.perf_counter()
+        return loss
+
+    def evaluate(self) -> dict[str, EvalResult]:
+        """Evaluate the model (and its EMA), record the metrics, update the best weights."""
+        results: dict[str, EvalResult] = {}
+        nets = {"": self.model, "ema_": self.ema.module if self.ema is not None else None}
+        for prefix, net in nets.items():
+            if net is None:
+                continue
+            results[prefix] = evaluate(
+                net,
+                ((x, y) for x, y, _ in self.val_loader),
+                num_classes=self.num_classes,
+                device=self.device,
+                prepare=self.normalize,
+                autocast=self.autocast,
+                total=len(self.val_loader.sampler),
+                progress=self.cfg.log.progress and self.dist.is_main,
+            )
+        values: dict[str, float] = {}
+        for prefix, r in results.items():
+            values.update(r.as_dict(prefix))
+        c = self.counters
+        assert self.metrics is not None
+        self.metrics.write("eval", c.step, epoch=c.epoch, **values)
+        if self.dist.is_main:
+            log.info(
+                "eval at step %d: %s", c.step, ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+            )
+        self.save_best(values)
+        return results
+
+    # --- the loop ---------------------------------------------------------------------------
+    def run(self) -> FitResult:
+        """Train to ``train.epochs`` (or ``train.max_steps``), evaluate, write results and plots."""
+        t0 = time.perf_counter()
+        cfg, c, dist = self.cfg, self.counters, self.dist
+        if dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write(self.run_dir / "config.yaml", lambda p: p.write_text(dump_yaml(cfg)))
+        self.metrics = MetricsWriter(
+            self.run_dir,
+            enabled=dist.is_main,
+            tensorboard=cfg.log.tensorboard,
+            resume_step=self.counters.step if self.resumed else None,
+        )
+        every_steps = cfg.checkpoint.every_steps
+        results: dict[str, EvalResult] = {}
+        try:
+            while self.counters.step < self.total_steps:
+                c = self.counters
+                self.train_loader.set_epoch(c.epoch)
+                self.forward_model.train()
+                bar = progress_bar(
+                    self.steps_per_epoch * cfg.train.batch_size,
+                    desc=f"epoch {c.epoch + 1}/{cfg.train.epochs}",
+                    initial=(c.step - c.epoch * self.steps_per_epoch) * cfg.train.batch_size,
+                    enabled=cfg.log.progress and dist.is_main,
+                )
+                for group in micro_batches(self.train_loader, cfg.optim.accum_steps):
+                    self.train_step(group)
+                    bar.update(cfg.train.batch_size)
+                    save_now = every_steps is not None and c.step % every_steps == 0
+                    if c.step % cfg.log.every_steps == 0 or save_now:
+                        loss = self.flush_log()
+                        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    if c.step >= self.total_steps:
+                        break
+                    if save_now:
+                        self.save()
+                bar.close()
+                self.flush_log()
+                if c.step % self.steps_per_epoch == 0:
+                    c.epoch += 1
+                finished = c.step >= self.total_steps
+                if finished or c.epoch % cfg.eval.every_epochs == 0:
+                    results = self.evaluate()
+                if (
+                    finished
+                    or c.epoch % cfg.checkpoint.every_epochs == 0
+                    or (every_steps is not None and c.step % every_steps == 0)
+                ):
+                    self.save()
+            if not results:  # resumed a finished run: report what it holds
+                results = self.evaluate()
+            return self.finish(results, time.perf_counter() - t0)
+        finally:
+            self.metrics.close()
+
+    def finish(self, results: dict[str, EvalResult], wall_time: float) -> FitResult:
+        """``results.json``, learning curves, confusion matrix and prediction grid (rank 0)."""
+        c, cfg = self.counters, self.cfg
+        final = results[""]
+        values: dict[str, float] = {}
+        for prefix, r in results.items():
+            values.update(r.as_dict(prefix))
+        out = FitResult(
+            run_dir=str(self.run_dir),
+            steps=c.step,
+            epochs=c.epoch,
+            wall_time_s=round(wall_time, 2),
+            final=values,
+            per_class_accuracy=dict(zip(self.classes, final.per_class_accuracy, strict=True)),
+            best_metric=c.best_metric,
+            best_step=c.best_step,
+        )
+        if self.dist.is_main:
+            if cfg.log.plots:
+                out.plots = [str(p) for p in self.plot(final)]
+            text = json.dumps(asdict(out), indent=2, allow_nan=True)
+            ckpt.atomic_write(self.run_dir / "results.json", lambda p: p.write_text(text))
+        return out
+
+    def plot(self, final: EvalResult) -> list[Path]:
+        """Learning curves, the confusion matrix and a grid of predictions on eval images."""
+        from tokenmix.viz.plots import plot_confusion, plot_curves, plot_prediction_grid
+
+        plots_dir = self.run_dir / "plots"
+        paths = [
+            plot_curves(read_metrics(self.run_dir), plots_dir / "curves.png"),
+            plot_confusion(final.confusion, self.classes, plots_dir / "confusion.png"),
+        ]
+        n = min(self.cfg.eval.grid_images, len(self.val_set))
+        if n:
+            picks = np.linspace(0, len(self.val_set) - 1, n).round().astype(int)
+            images = torch.stack([self.val_set[int(i)][0] for i in picks])
+            preds = predict_topk(
+                self.model,
+                images,
+                prepare=self.normalize,
+                classes=self.classes,
+                k=3,
+                autocast=self.autocast,
+            )
+            truths = [self.classes[self.val_set.label(int(i))] for i in picks]
+            paths.append(
+                plot_prediction_grid(images, preds, plots_dir / "predictions.png", truths=truths)
+            )
+        return paths

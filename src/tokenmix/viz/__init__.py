@@ -1,0 +1,1 @@
+"""Figures: learning curves, confusion matrices and prediction grids (matplotlib, Agg)."""
