@@ -16,6 +16,10 @@ COMMANDS = [
     "download",
     "convert",
     "relabel",
+    "train",
+    "eval",
+    "predict",
+    "plot",
 ]
 
 
