@@ -1,0 +1,530 @@
+"""Image classification datasets behind one interface, opened from one spec string.
+
+:func:`open_dataset` accepts:
+
+- an **ImageFolder** directory, ``<root>/<class>/**/<image>`` (class = folder name, sorted;
+  extensions as torchvision: jpg jpeg png ppm bmp pgm tif tiff webp, any case). If ``<root>``
+  holds split folders (``train``, ``val``, ``validation``, ``test``) the split picks one; ``val``
+  falls back to ``validation`` then ``test`` (CIFAR-style trees have no ``val``). Otherwise
+  ``<root>`` is taken as the split itself. Opening lists directories only (no image headers are
+  read), so 50k files open in well under a second;
+- the **CIFAR-10 python archive** ``cifar-10-python.tar.gz``, its extracted
+  ``cifar-10-batches-py`` folder, or a folder holding either. Train = ``data_batch_1..5``
+  (50,000 images), ``val``/``test`` = ``test_batch`` (10,000). The batches are pickles; they are
+  read with an allow-list unpickler that accepts only what a CIFAR batch contains (dicts, lists,
+  bytes and numpy uint8 arrays), never with plain ``pickle.load``. ``download=True`` fetches the
+  archive first when it is missing (:mod:`tokenmix.data.download`);
+- an **ImageNet-style list file**, one ``relative/path.JPEG label`` per line (blank lines and
+  ``#`` comments ignored, paths may contain spaces), resolved against the list file's folder or
+  against ``ROOT`` when written ``ROOT::LISTFILE``. Class names come from a ``classes.txt`` next to
+  the list file (line ``k`` names class ``k``) when present, else ``"0"``, ``"1"``, ...;
+- ``digits``: the embedded default, scikit-learn's 1,797 handwritten digits (8x8, 16 grey
+  levels, bundled with scikit-learn so available offline), upscaled bilinearly to 32x32 RGB
+  uint8. Deterministic split: sample ``k`` of ``load_digits()`` is in ``val``/``test`` when
+  ``k % 5 == 0`` (360 images), else in ``train`` (1,437 images). Classes ``"0"``..``"9"``.
+
+Every dataset is an :class:`ImageDataset`: ``classes``, ``len``, ``sample_id(i)`` (stable and
+unique: the relative path, ``cifar10/train/00123``, ``digits/00123``), ``label(i)``, ``load(i)``
+(RGB ``PIL.Image`` or :class:`~tokenmix.data.decode.BadImageError`) and ``dataset[i] ->
+(uint8 [3, H, W], label, i)`` resized by ``dataset.transform`` to ``dataset.load_size``.
+With ``bad_images="skip"``, ``dataset[i]`` returns a :class:`SkippedSample` for an unreadable
+file instead of raising; the loader (:mod:`tokenmix.data.loader`) counts and logs those.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import logging
+import os
+import pickle
+import tarfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .decode import BadImageError, check_bad_images_policy, decode_image
+from .download import CIFAR10_ARCHIVE, download_cifar10
+from .transforms import SquashResize
+
+log = logging.getLogger(__name__)
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+SPLITS = ("train", "val", "test")
+_SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation", "test"), "test": ("test",)}
+_CIFAR_DIR = "cifar-10-batches-py"
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+class SkippedSample(NamedTuple):
+    """Stands in for an unreadable sample under ``bad_images="skip"``."""
+
+    index: int
+    sample_id: str
+    reason: str
+
+
+class ImageDataset(Dataset):
+    """Base class: labelled images with stable ids, decoded on demand.
+
+    Subclasses implement ``__len__``, ``sample_id``, ``label``, ``load`` and ``labels``.
+
+    Attributes:
+        classes: class names; ``label(i)`` indexes this list.
+        transform: worker-side ``PIL.Image -> uint8 [3, H, W]`` used by ``__getitem__``; replace
+            it with the train or eval transform (:mod:`tokenmix.data.transforms`) before
+            building a loader. It must be picklable (a module-level class, no lambdas).
+        bad_images: ``"error"`` (raise, naming the file) or ``"skip"``.
+    """
+
+    default_load_size = 224
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        *,
+        bad_images: str = "error",
+        transform: Transform | None = None,
+    ) -> None:
+        self.classes = list(classes)
+        self.bad_images = check_bad_images_policy(bad_images)
+        self.transform: Transform = transform or SquashResize(self.default_load_size)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def load_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the tensors ``__getitem__`` returns."""
+        return tuple(self.transform.output_size)  # type: ignore[attr-defined]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """All labels as an int64 array (no image is read)."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def sample_id(self, i: int) -> str:
+        raise NotImplementedError
+
+    def label(self, i: int) -> int:
+        return int(self.labels[self._index(i)])
+
+    def load(self, i: int, *, draft_size: tuple[int, int] | None = None) -> Image.Image:
+        """Decode sample ``i`` as an RGB ``PIL.Image``; raises ``BadImageError`` naming the file."""
+        raise NotImplementedError
+
+    def _index(self, i: int) -> int:
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {type(self).__name__} of {len(self)}")
+        return i
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int] | SkippedSample:
+        i = self._index(i)
+        try:
+            img = self.load(i, draft_size=getattr(self.transform, "draft_size", None))
+        except BadImageError as err:
+            if self.bad_images == "error":
+                raise
+            return SkippedSample(i, self.sample_id(i), str(err))
+        return self.transform(img), self.label(i), i
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.describe()}, {len(self)} images, "
+            f"{self.num_classes} classes, transform={self.transform})"
+        )
+
+    def describe(self) -> str:
+        """Where the data comes from, for logs."""
+        return ""
+
+
+class FileDataset(ImageDataset):
+    """Images stored as files under ``root``; the base of ImageFolder and list files.
+
+    Relative paths live in one fixed-width numpy bytes array rather than a list of Python
+    strings, so forked DataLoader workers do not copy them through reference counting.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        paths: Sequence[str],
+        labels: Sequence[int] | np.ndarray,
+        classes: Sequence[str],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(classes, **kwargs)
+        self.root = Path(root)
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self._paths = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)
+        self._labels = np.asarray(labels, dtype=np.int64)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def sample_id(self, i: int) -> str:
+        return os.fsdecode(self._paths[self._index(i)])
+
+    def path(self, i: int) -> Path:
+        return self.root / self.sample_id(i)
+
+    def load(self, i: int, *, draft_size: tuple[int, int] | None = None) -> Image.Image:
+        path = self.path(i)
+        return decode_image(path, name=str(path), draft_size=draft_size)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+
+class ImageFolder(FileDataset):
+    """``<root>/<class>/**/<image>``; classes are the sorted sub-folder names."""
+
+    def __init__(self, root: str | Path, **kwargs: Any) -> None:
+        root = Path(root)
+        classes = sorted(
+            e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")
+        )
+        if not classes:
+            raise FileNotFoundError(f"{root}: no class folders (expected <root>/<class>/<image>)")
+        paths: list[str] = []
+        labels: list[int] = []
+        for k, name in enumerate(classes):
+            found = _list_images(root, name)
+            if not found:
+                raise FileNotFoundError(
+                    f"{root / name}: class folder without images ({', '.join(IMG_EXTENSIONS)})"
+                )
+            paths += found
+            labels += [k] * len(found)
+        super().__init__(root, paths, labels, classes, **kwargs)
+
+
+def _list_images(root: Path, class_dir: str) -> list[str]:
+    """Relative paths of the images under ``root/class_dir``, sorted, without reading them."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root / class_dir, followlinks=True):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, root)
+        out += [
+            f"{rel}/{f}".replace(os.sep, "/")
+            for f in sorted(filenames)
+            if f.lower().endswith(IMG_EXTENSIONS)
+        ]
+    return out
+
+
+class ListFileDataset(FileDataset):
+    """An ImageNet-style list file: ``relative/path label`` per line."""
+
+    def __init__(
+        self, list_file: str | Path, root: str | Path | None = None, **kwargs: Any
+    ) -> None:
+        list_file = Path(list_file)
+        root = Path(root) if root is not None else list_file.parent
+        paths, labels = _parse_list_file(list_file)
+        classes_txt = list_file.parent / "classes.txt"
+        if classes_txt.is_file():
+            classes = [ln.strip() for ln in classes_txt.read_text().splitlines() if ln.strip()]
+            if max(labels) >= len(classes):
+                raise ValueError(
+                    f"{list_file}: label {max(labels)} but {classes_txt} names only {len(classes)} classes"
+                )
+        else:
+            classes = [str(k) for k in range(max(labels) + 1)]
+        self.list_file = list_file
+        super().__init__(root, paths, labels, classes, **kwargs)
+
+    def describe(self) -> str:
+        return f"{self.root}::{self.list_file}"
+
+
+def _parse_list_file(list_file: Path) -> tuple[list[str], list[int]]:
+    paths, labels = [], []
+    with open(list_file, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                raise ValueError(f"{list_file}:{n}: expected 'relative/path label', got {line!r}")
+            label = int(parts[1])
+            if label < 0:
+                raise ValueError(f"{list_file}:{n}: negative label {label}")
+            paths.append(parts[0])
+            labels.append(label)
+    if not paths:
+        raise ValueError(f"{list_file}: no entries")
+    return paths, labels
+
+
+class ArrayDataset(ImageDataset):
+    """Images held in memory as a uint8 ``[N, H, W, 3]`` array (CIFAR-10, digits)."""
+
+    default_load_size = 32
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        classes: Sequence[str],
+        *,
+        id_prefix: str,
+        source: str,
+        id_numbers: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(classes, **kwargs)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"{source}: expected uint8 [N, H, W, 3] images, got {images.dtype} {images.shape}"
+            )
+        self._images = images
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self._prefix = id_prefix
+        self._source = source
+        self._id_numbers = np.arange(len(images)) if id_numbers is None else np.asarray(id_numbers)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def sample_id(self, i: int) -> str:
+        return f"{self._prefix}/{self._id_numbers[self._index(i)]:05d}"
+
+    def load(self, i: int, *, draft_size: tuple[int, int] | None = None) -> Image.Image:
+        return Image.fromarray(self._images[self._index(i)], mode="RGB")
+
+    def describe(self) -> str:
+        return self._source
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals a CIFAR python batch needs.
+
+    Those are numpy's array reconstruction (``numpy.core`` in old pickles, ``numpy._core`` in
+    new ones), ``numpy.ndarray``, ``numpy.dtype`` and ``_codecs.encode`` (how protocol-2 pickles
+    written by Python 3 store bytes). Anything else is refused, so a tampered file cannot run code.
+    """
+
+    _reconstruct = np.empty(0).__reduce__()[0]
+    ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
+
+    def __init__(self, data: bytes, source: str) -> None:
+        super().__init__(io.BytesIO(data), encoding="bytes")
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"{self.source}: refusing global {module}.{name}; a CIFAR batch only holds "
+                "dicts, lists, bytes and numpy arrays"
+            ) from None
+
+
+def _load_cifar_pickle(data: bytes, source: str) -> dict[str, Any]:
+    try:
+        obj = _CifarUnpickler(data, source).load()
+    except pickle.UnpicklingError:
+        raise
+    except Exception as err:
+        raise ValueError(
+            f"{source}: not a CIFAR python batch ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(obj, dict):
+        raise ValueError(f"{source}: expected a dict, got {type(obj).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _cifar_batch(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
+    batch = _load_cifar_pickle(data, source)
+    images, labels = batch.get("data"), batch.get("labels")
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim != 2
+        or images.shape[1] != 3072
+    ):
+        raise ValueError(f"{source}: 'data' must be a uint8 [N, 3072] array")
+    if not isinstance(labels, list) or len(labels) != len(images):
+        raise ValueError(f"{source}: 'labels' must be a list of {len(images)} ints")
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    if labels_arr.size and (labels_arr.min() < 0 or labels_arr.max() > 9):
+        raise ValueError(f"{source}: labels outside 0..9")
+    hwc = images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(hwc), labels_arr
+
+
+def _cifar_classes(data: bytes, source: str) -> list[str]:
+    names = _load_cifar_pickle(data, source).get("label_names")
+    if not isinstance(names, list) or len(names) != 10:
+        raise ValueError(f"{source}: 'label_names' must list 10 class names")
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def _cifar_members(split: str) -> list[str]:
+    return [f"data_batch_{k}" for k in range(1, 6)] if split == "train" else ["test_batch"]
+
+
+def open_cifar10(path: str | Path, split: str = "train", **kwargs: Any) -> ArrayDataset:
+    """CIFAR-10 from ``cifar-10-python.tar.gz`` or its extracted folder (see module docstring)."""
+    path = Path(path)
+    wanted = [*_cifar_members(split), "batches.meta"]
+    blobs: dict[str, bytes] = {}
+    if path.is_file():
+        with tarfile.open(path, "r|gz") as tar:  # stream: one pass over the gzip
+            for member in tar:
+                base = member.name.rsplit("/", 1)[-1]
+                if member.isfile() and base in wanted:
+                    blobs[base] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    else:
+        folder = path / _CIFAR_DIR if (path / _CIFAR_DIR).is_dir() else path
+        for base in wanted:
+            if (folder / base).is_file():
+                blobs[base] = (folder / base).read_bytes()
+    missing = [w for w in wanted if w not in blobs]
+    if missing:
+        raise FileNotFoundError(
+            f"{path}: not a complete CIFAR-10 python archive, missing {missing}"
+        )
+    classes = _cifar_classes(blobs["batches.meta"], f"{path}:batches.meta")
+    parts = [_cifar_batch(blobs[m], f"{path}:{m}") for m in _cifar_members(split)]
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    name = "train" if split == "train" else "test"
+    return ArrayDataset(
+        images, labels, classes, id_prefix=f"cifar10/{name}", source=f"{path} [{name}]", **kwargs
+    )
+
+
+def _find_cifar(path: Path) -> Path | None:
+    """The CIFAR-10 archive or folder ``path`` points to, if it points to one."""
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        return path
+    if path.is_dir():
+        if (path / "batches.meta").is_file() or (path / _CIFAR_DIR).is_dir():
+            return path
+        if (path / CIFAR10_ARCHIVE).is_file():
+            return path / CIFAR10_ARCHIVE
+    return None
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def open_digits(split: str = "train", **kwargs: Any) -> ArrayDataset:
+    """scikit-learn's handwritten digits as 32x32 RGB (see module docstring for the split)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    grey = torch.from_numpy(digits.images.astype(np.float32) * (255.0 / 16.0)).unsqueeze(1)
+    big = F.interpolate(grey, size=(32, 32), mode="bilinear", align_corners=False)
+    images = big.round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
+    index = np.arange(len(images))
+    keep = index % 5 != 0 if split == "train" else index % 5 == 0
+    rgb = np.ascontiguousarray(np.repeat(images[keep][..., None], 3, axis=-1))
+    return ArrayDataset(
+        rgb,
+        digits.target[keep],
+        [str(k) for k in range(10)],
+        id_prefix="digits",
+        source=f"sklearn digits [{split}]",
+        id_numbers=index[keep],  # ids name the image in load_digits(), whatever the split
+        **kwargs,
+    )
+
+
+def open_dataset(
+    spec: str | Path,
+    split: str = "train",
+    *,
+    bad_images: str = "error",
+    transform: Transform | None = None,
+    download: bool = False,
+) -> ImageDataset:
+    """Open a dataset from a spec string (forms listed in the module docstring).
+
+    Args:
+        spec: ``digits``, a folder, a CIFAR-10 archive, a list file or ``ROOT::LISTFILE``.
+        split: ``train``, ``val`` or ``test`` (ignored by list files and split-less folders,
+            which are one split each).
+        bad_images: ``"error"`` or ``"skip"`` (see :mod:`tokenmix.data.decode`).
+        transform: worker-side transform for ``dataset[i]``; defaults to a square resize to
+            the dataset's native size (32 for CIFAR-10 and digits, 224 for files).
+        download: fetch the CIFAR-10 archive into ``spec`` (an archive path or a folder) when
+            no CIFAR-10 data is there yet.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    kwargs: dict[str, Any] = {
+        "bad_images": check_bad_images_policy(bad_images),
+        "transform": transform,
+    }
+    spec = str(spec)
+    if spec == "digits":
+        return open_digits(split, **kwargs)
+    if "::" in spec:
+        root, list_file = spec.split("::", 1)
+        return ListFileDataset(Path(list_file).expanduser(), Path(root).expanduser(), **kwargs)
+    path = Path(spec).expanduser()
+    if download and _find_cifar(path) is None:
+        path = download_cifar10(path)
+    cifar = _find_cifar(path)
+    if cifar is not None:
+        return open_cifar10(cifar, split, **kwargs)
+    if path.is_file():
+        return ListFileDataset(path, **kwargs)
+    if path.is_dir():
+        return ImageFolder(_split_dir(path, split), **kwargs)
+    raise FileNotFoundError(
+        f"dataset {spec!r} not found; expected 'digits', an ImageFolder directory, a CIFAR-10 "
+        "archive or folder, a list file, or ROOT::LISTFILE"
+    )
+
+
+def _split_dir(root: Path, split: str) -> Path:
+    children = {e.name for e in os.scandir(root) if e.is_dir()}
+    split_dirs = children & {"train", "val", "validation", "test"}
+    if not split_dirs:
+        return root
+    for name in _SPLIT_DIRS[split]:
+        if name in children:
+            if name != split:
+                log.info("%s: no '%s' folder, using '%s' for split %s", root, split, name, split)
+            return root / name
+    raise FileNotFoundError(
+        f"{root} has split folders {sorted(split_dirs)} but none for split {split!r} "
+        f"(looked for {list(_SPLIT_DIRS[split])})"
+    )
