@@ -290,3 +290,18 @@ def test_bad_inputs_rejected() -> None:
         AugmentConfig(hflip_rate=1.5)
     with pytest.raises(ValueError, match="erase_mode"):
         AugmentConfig(erase_mode="rand")
+
+
+@pytest.mark.gpu
+def test_full_recipe_on_cuda_reproducible() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    images, labels = _batch(b=32, size=40)
+    images, labels = images.cuda(), labels.cuda()
+    cfg = AugmentConfig(rotation=10.0, color_jitter=0.4, randaugment_group=8)
+    cuda_state = torch.cuda.get_rng_state()
+    a = _augment(cfg, seed=1, size=32)(images, labels)
+    b = _augment(cfg, seed=1, size=32)(images, labels)
+    assert torch.equal(torch.cuda.get_rng_state(), cuda_state)
+    assert a.images.is_cuda and a.targets.is_cuda and torch.isfinite(a.images).all()
+    assert torch.equal(a.images, b.images) and a.mix == b.mix

@@ -84,8 +84,10 @@ def decode_image(
             return to_rgb(img, name=label, background=background)
     except BadImageError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
-        # OSError covers UnidentifiedImageError (empty / not an image) and truncated data.
+    except Exception as err:
+        # OSError covers UnidentifiedImageError (empty / not an image) and truncated data;
+        # Pillow's plugins raise many other types (struct.error, SyntaxError, IndexError, ...)
+        # on malformed files, and every one of them means this file, not the program, is bad.
         raise BadImageError(f"{label}: cannot decode image ({type(err).__name__}: {err})") from err
 
 
