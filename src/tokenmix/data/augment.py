@@ -1,14 +1,15 @@
 """Batched training augmentation on the training device (kornia), with timm's recipe semantics.
 
 One call turns a uint8 batch from the loader into what the loss needs, in the order of timm's
-``transforms_imagenet_train`` + ``Mixup`` (the pipeline DFFormer, MetaFormer and LV-ViT were
-trained with, ``pytorch-image-models`` 0.4-0.6):
+``transforms_imagenet_train`` + ``Mixup`` (huggingface/pytorch-image-models, the pipeline the
+official DFFormer, MetaFormer and LV-ViT training scripts call):
 
 1. RandomResizedCrop + horizontal flip as boxes (:mod:`tokenmix.data.crops`). The boxes and
    flips are returned, so token-label maps can be cropped with exactly the same ones.
 2. Rotation (kornia ``RandomRotation``, off by default; not part of the official recipes).
-3. RandAugment (timm spec string, below) or colour jitter (kornia ``ColorJitter``, timm's
-   ``color_jitter`` meaning: the same strength for brightness, contrast and saturation).
+3. RandAugment (timm spec string, below), then colour jitter if set (kornia ``ColorJitter``,
+   timm's ``color_jitter`` meaning: one strength for brightness, contrast and saturation; timm
+   skips jitter when RandAugment is on, so recipes set one of the two).
 4. Normalisation with the model's mean/std.
 5. Random erasing after normalisation (timm ``RandomErasing``: area 2-33 %, aspect 0.3-3.3,
    ``pixel`` mode fills with per-pixel N(0, 1) noise, ``const`` with 0). The region comes from
@@ -19,7 +20,8 @@ trained with, ``pytorch-image-models`` 0.4-0.6):
    is label smoothing. ``lam`` and the box are returned (:class:`MixParams`) to mix dense
    token-label targets the same way.
 
-Randomness: all of it flows from the module's ``torch.Generator`` (seeded per rank). Each call
+Randomness: all of it flows from :class:`TrainAugment`'s ``torch.Generator`` (seed it per rank,
+or per step as the engine does). Each call
 draws one seed from it and runs with the global CPU and CUDA RNGs forked and seeded from that
 seed, so kornia's internal sampling is reproducible too, the caller's RNG state is untouched,
 and saving ``state_dict()`` (which holds the generator state) makes a resumed run augment the
