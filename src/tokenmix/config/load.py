@@ -137,6 +137,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # `X | None`: X's own message says more
+            return _convert(value, options[0], key)
         for option in options:
             try:
                 return _convert(value, option, key)
@@ -215,12 +217,17 @@ def _describe(tp: Any) -> str:
         return "one of " + ", ".join(str(a) for a in args)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0])}"
-        return f"a list of {len(args)} {_describe(args[0])} values"
+            return f"a list of {_plural(args[0])}"
+        return f"a list of {len(args)} {_plural(args[0])}"
     if origin is list:
-        return f"a list of {_describe(args[0])}"
+        return f"a list of {_plural(args[0])}"
     names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
     return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _plural(tp: Any) -> str:
+    names = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+    return names.get(tp, f"values of type {_describe(tp)}")
 
 
 def _unknown_key(prefix: str, key: str, allowed: list[str]) -> str:
