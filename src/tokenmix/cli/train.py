@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         assert cfg is not None
         run_dir = _run_dir(cfg, args.config)
-        if ckpt.list_checkpoints(run_dir / "checkpoints"):
+        if not args.print_config and ckpt.list_checkpoints(run_dir / "checkpoints"):
             raise ValueError(
                 f"{run_dir} already holds checkpoints of an earlier run; add --resume to continue "
                 "it, or pick a new folder with --set run.name=NAME"
