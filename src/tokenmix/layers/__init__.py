@@ -1,9 +1,14 @@
-"""Reusable building blocks: activations, norms, MLPs, stochastic depth and token mixers."""
+"""Reusable building blocks: activations, norms, MLPs, stochastic depth and token mixers.
 
-from .activations import SquaredReLU, StarReLU
+Every layer with a faster implementation also keeps the official operation order as a
+reference path; :func:`set_reference_mode` switches a whole model between the two.
+"""
+
+from .activations import SquaredReLU, StarReLU, relu_square
 from .drop import DropPath
-from .mlp import Mlp, MlpHead, Scale
+from .mlp import Mlp, MlpHead, Scale, fold_star_relu
 from .norm import LayerNormNoBias
+from .reference import DualPath, reference_mode, set_reference_mode, uses_reference_path
 from .token_mixers import (
     TOKEN_MIXERS,
     Attention,
@@ -18,6 +23,7 @@ __all__ = [
     "TOKEN_MIXERS",
     "Attention",
     "DropPath",
+    "DualPath",
     "DynamicFilter",
     "GlobalFilter",
     "LayerNormNoBias",
@@ -28,5 +34,10 @@ __all__ = [
     "SquaredReLU",
     "StarReLU",
     "create_token_mixer",
+    "fold_star_relu",
+    "reference_mode",
+    "relu_square",
     "resize_complex_weight",
+    "set_reference_mode",
+    "uses_reference_path",
 ]

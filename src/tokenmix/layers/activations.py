@@ -1,13 +1,77 @@
-"""Activations of the MetaFormer baselines (Yu et al., "MetaFormer Baselines for Vision", 2022)."""
+"""Activations of the MetaFormer baselines (Yu et al., "MetaFormer Baselines for Vision", 2022).
+
+StarReLU is ``scale * relu(x) ** 2 + bias``. The official code runs it as four element-wise
+passes over new tensors, and because ``scale`` and ``bias`` are 1-element float32 tensors, type
+promotion makes its output float32 even under bf16 autocast. The fast path
+(:func:`star_relu`) runs ``relu`` and the square in place and the affine part as one
+``addcmul``, in place too when the caller owns the input and no gradient is needed; inside an
+MLP the affine part disappears altogether into the next linear layer (see ``mlp.py``).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .reference import DualPath, official_star_relu
 
-class StarReLU(nn.Module):
+
+class _ReluSquare(torch.autograd.Function):
+    """``relu(x) ** 2`` that keeps only its output for backward.
+
+    ``d/dx relu(x)^2 = 2 relu(x) = 2 sqrt(y)``, so the output (which the next linear layer keeps
+    anyway) is enough; autograd through ``relu`` then ``square`` would keep ``relu(x)`` as a
+    second activation-sized tensor.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(x).square_()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return grad * y.sqrt().mul_(2.0)
+
+
+def relu_square(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``relu(x) ** 2``.
+
+    Args:
+        x: input.
+        inplace: overwrite ``x`` when no gradient is needed (pass ``True`` only for a tensor
+            the caller just created, e.g. the output of a linear layer).
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ReluSquare.apply(x)
+    return (x.relu_() if inplace else F.relu(x)).square_()
+
+
+def star_relu(
+    x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, *, inplace: bool = False
+) -> torch.Tensor:
+    """``scale * relu(x) ** 2 + bias`` in three passes (the official order takes four).
+
+    Args:
+        x: input.
+        scale: ``[1]``.
+        bias: ``[1]``.
+        inplace: overwrite ``x`` (a tensor the caller just created) when no gradient is needed;
+            the result then keeps ``x``'s dtype (bf16 under autocast, rounded once from the
+            float32 ``addcmul``), otherwise it is float32 like the official layer's.
+    """
+    r = relu_square(x, inplace=inplace)
+    if inplace and not (torch.is_grad_enabled() and r.requires_grad):
+        return torch.addcmul(bias, r, scale, out=r)
+    return torch.addcmul(bias, r, scale)
+
+
+class StarReLU(DualPath):
     """``scale * relu(x) ** 2 + bias`` with a learnable scalar scale and bias.
 
     The scalars keep the official shape ``[1]`` so that checkpoints load strictly.
@@ -18,12 +82,15 @@ class StarReLU(nn.Module):
         self.scale = nn.Parameter(torch.full((1,), float(scale_value)))
         self.bias = nn.Parameter(torch.full((1,), float(bias_value)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.relu(x).square() + self.bias
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        return star_relu(x, self.scale, self.bias)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        return official_star_relu(x, self.scale, self.bias)
 
 
 class SquaredReLU(nn.Module):
     """``relu(x) ** 2``, the activation of the MLP classifier head."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x).square()
+        return torch.square(F.relu(x))

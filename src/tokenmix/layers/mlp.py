@@ -5,11 +5,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .activations import SquaredReLU, StarReLU
+from .activations import SquaredReLU, StarReLU, relu_square
+from .linear import linear
+from .reference import DualPath
 
 
-class Mlp(nn.Module):
-    """Two linear layers with StarReLU between them, no biases (MetaFormer ``Mlp``)."""
+def fold_star_relu(act: StarReLU, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``linear(act(h))`` as a linear layer applied to ``relu(h) ** 2``.
+
+    ``W (s r + b) + c = (s W) r + (b W 1 + c)``: StarReLU's scale moves into the weight and its
+    bias into the layer's bias, which saves two passes over the (large) hidden activation.
+    Autograd reaches ``act.scale`` and ``act.bias`` through the folded tensors.
+    """
+    weight = linear.weight
+    bias = act.bias * weight.sum(dim=1)
+    if linear.bias is not None:
+        bias = bias + linear.bias
+    return weight * act.scale, bias
+
+
+class Mlp(DualPath):
+    """Two linear layers with StarReLU between them, no biases (MetaFormer ``Mlp``).
+
+    The fast path runs ``relu(fc1(x)) ** 2`` in place and folds StarReLU's scale and bias into
+    ``fc2`` (:func:`fold_star_relu`), with oneDNN linears in float32 on CPU (``linear.py``);
+    with another activation, or with active dropout between the layers, it runs the layers as
+    written.
+    """
 
     def __init__(
         self,
@@ -28,8 +50,19 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, out_features or dim, bias=bias)
         self.drop2 = nn.Dropout(drop_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(self.act, StarReLU) or (self.training and self.drop1.p > 0):
+            return self.forward_reference(x)
+        h = relu_square(linear(x, self.fc1.weight, self.fc1.bias), inplace=True)
+        weight, bias = fold_star_relu(self.act, self.fc2)
+        return self.drop2(linear(h, weight, bias))
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(x)
+        x = self.act(x)
+        x = self.drop1(x)
+        x = self.fc2(x)
+        return self.drop2(x)
 
 
 class MlpHead(nn.Module):

@@ -14,19 +14,36 @@ built for (the FFT mixers store their filters on that grid).
 Filters are resized bicubically (``align_corners=True``, real and imaginary parts as separate
 channels, as the official ``resize_complex_weight``) whenever the live FFT grid differs from the
 stored one; at the stored size no resize happens, so the result is bit-identical.
+
+Two paths compute each mixer (see :mod:`tokenmix.layers.reference`): ``forward_reference``
+follows the official code line by line; ``forward_fast`` (the default) computes the same
+function with fewer passes over memory and faster kernels:
+
+- StarReLU in three in-place passes instead of four new tensors (``activations.star_relu``);
+- float32 linears through oneDNN on CPU (``linear.py``);
+- the spectral part laid out channels-first (``[C, B, H, W]``, which the pointwise products
+  produce and consume without a transposing copy), so the FFT runs over contiguous memory;
+- the per-sample filter built with one real matrix product (no complex ``einsum``, which is
+  also what makes the model exportable to ONNX);
+- filters resized for a new input size cached while no gradient is needed;
+- attention through ``F.scaled_dot_product_attention``.
+
+The FFT always runs in float32 (autocast is switched off around it): bf16/fp16 FFTs lose the
+precision the filters rely on and are not supported on every device.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import StarReLU
+from .activations import StarReLU, star_relu
+from .linear import linear
 from .mlp import Mlp
+from .reference import DualPath, official_attention
 
 
 def resize_complex_weight(weight: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -49,12 +66,13 @@ def _filter_grid(size: tuple[int, int]) -> tuple[int, int]:
     return size[0], size[1] // 2 + 1
 
 
-class _SpectralMixer(nn.Module):
-    """Shared pieces of the FFT mixers: pointwise expansion, rfft2 -> filter -> irfft2 -> project.
+def _autocast_off(device: torch.device) -> torch.autocast:
+    kind = device.type if device.type in ("cuda", "xpu", "mps") else "cpu"
+    return torch.autocast(device_type=kind, enabled=False)
 
-    The FFT always runs in float32 (autocast is switched off around it), because bf16/fp16 FFTs
-    lose the precision the filters rely on and are not supported on every device.
-    """
+
+class _SpectralMixer(DualPath):
+    """Shared pieces of the FFT mixers: pointwise expansion, rfft2 -> filter -> irfft2 -> project."""
 
     complex_weights: nn.Parameter
 
@@ -64,20 +82,61 @@ class _SpectralMixer(nn.Module):
         self.med_channels = int(expansion_ratio * dim)
         self.pwconv1 = nn.Linear(dim, self.med_channels, bias=bias)
         self.act1 = StarReLU()
+        self._resized: tuple[Any, torch.Tensor] | None = None
 
     def filters(self, height: int, width: int) -> torch.Tensor:
-        """The stored filters as ``[height, width, K, 2]`` float32, resized if needed."""
-        return resize_complex_weight(self.complex_weights.float(), height, width)
+        """The stored filters as ``[height, width, K, 2]`` float32, resized if needed.
 
-    def spectral(
-        self, x: torch.Tensor, apply_filter: Callable[[torch.Tensor], torch.Tensor]
-    ) -> torch.Tensor:
+        A resized bank is cached while it needs no gradient (inference), keyed by the size and
+        the weight's identity and version, so a new checkpoint or an optimiser step invalidates it.
+        """
+        weight = self.complex_weights.float()
+        if weight.shape[:2] == (height, width):
+            return weight
+        cacheable = not (
+            (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling()
+        )
+        if not cacheable:
+            return resize_complex_weight(weight, height, width)
+        key = (height, width, weight.data_ptr(), weight._version, weight.device)
+        if self._resized is None or self._resized[0] != key:
+            self._resized = (key, resize_complex_weight(weight, height, width))
+        return self._resized[1]
+
+    def _expand(self, x: torch.Tensor) -> torch.Tensor:
+        """``act1(pwconv1(x))`` for ``x`` = ``[B, H, W, C]``, as float32 ``[C_med, B, H, W]``.
+
+        Channels outermost, so the FFT over the last two dimensions reads and writes contiguous
+        memory with no transposing copy; the product gets that layout for free by letting the
+        activations play the weight (``W x^T`` instead of ``x W^T``).
+        """
+        b, height, width, c = x.shape
+        h = linear(self.pwconv1.weight, x.reshape(b * height * width, c))  # [C_med, B*H*W]
+        if self.pwconv1.bias is not None:
+            h = h + self.pwconv1.bias[:, None].to(h.dtype)
+        h = star_relu(h, self.act1.scale, self.act1.bias, inplace=h.dtype == torch.float32)
+        return h.float().view(-1, b, height, width)
+
+    def _project(self, y: torch.Tensor) -> torch.Tensor:
+        """``pwconv2(act2(y))`` for ``y`` = ``[C_med, B, H, W]``, as ``[B, H, W, C]``."""
+        c, b, height, width = y.shape
+        rows = self.act2(y).view(c, -1).t()  # [B*H*W, C_med], a transposed view
+        out = linear(rows, self.pwconv2.weight, self.pwconv2.bias)
+        return out.view(b, height, width, -1)
+
+    def _reference_filters(self, height: int, width: int) -> torch.Tensor:
+        """The official filter lookup: the stored bank, or resized on every call."""
+        return torch.view_as_complex(
+            resize_complex_weight(self.complex_weights, height, width).contiguous()
+        )
+
+    def _spectral_reference(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Official order: float32, rfft2 over (H, W) of channels-last, multiply, irfft2."""
         height, width = x.shape[1], x.shape[2]
-        device = x.device.type if x.device.type in ("cuda", "xpu", "mps") else "cpu"
-        with torch.autocast(device_type=device, enabled=False):
-            x = torch.fft.rfft2(x.float(), dim=(1, 2), norm="ortho")
-            x = apply_filter(x)
-            return torch.fft.irfft2(x, s=(height, width), dim=(1, 2), norm="ortho")
+        x = x.to(torch.float32)
+        x = torch.fft.rfft2(x, dim=(1, 2), norm="ortho")
+        x = x * weight
+        return torch.fft.irfft2(x, s=(height, width), dim=(1, 2), norm="ortho")
 
 
 class DynamicFilter(_SpectralMixer):
@@ -85,8 +144,8 @@ class DynamicFilter(_SpectralMixer):
 
     A small MLP on the spatially averaged input gives, per sample, a softmax over
     ``num_filters`` filters for every expanded channel; the sample's filter is that mixture of
-    the shared frequency filters. The mixture is built with one real matrix product for the real
-    and imaginary parts (the routing weights are real), which equals the official complex
+    the shared frequency filters. The fast path builds the mixture with one real matrix product
+    (the routing weights are real), which equals the official complex
     ``einsum('bfc,hwf->bhwc')`` and also exports to ONNX.
     """
 
@@ -108,22 +167,45 @@ class DynamicFilter(_SpectralMixer):
         self.act2 = nn.Identity()
         self.pwconv2 = nn.Linear(self.med_channels, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _routing(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax over the filters, per sample and expanded channel: ``[B, F, C_med]``."""
+        return self.reweight(x.mean(dim=(1, 2))).view(x.shape[0], self.num_filters, -1)
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[1], x.shape[2]
+        routing = self._routing(x).float().softmax(dim=1)  # [B, F, C]
+        h = self._expand(x)  # [C, B, H, W]
+        with _autocast_off(x.device):
+            spec = torch.fft.rfft2(h, norm="ortho")  # [C, B, h, w]
+            spec = spec * self._mixed_filters(routing, spec.shape[2], spec.shape[3])
+            y = torch.fft.irfft2(spec, s=(height, width), norm="ortho")
+        return self._project(y)
+
+    def _mixed_filters(self, routing: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
+        """Each sample's filter ``sum_f routing[b, f, c] * bank[h, w, f]`` as ``[C, B, h, w]``.
+
+        ``[C, B, F] @ [F, h*w*2]`` gives real and imaginary parts interleaved, so the complex
+        result needs no copy.
+        """
+        bank = self.filters(fh, fw)  # [h, w, F, 2]
+        rows = bank.permute(2, 0, 1, 3).reshape(self.num_filters, fh * fw * 2)
+        b, _, c = routing.shape
+        mixed = torch.mm(routing.permute(2, 0, 1).reshape(c * b, -1), rows)  # [C*B, h*w*2]
+        return torch.view_as_complex(mixed.view(c, b, fh, fw, 2))
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
-        routing = self.reweight(x.mean(dim=(1, 2))).view(batch, self.num_filters, -1)
-        routing = routing.float().softmax(dim=1)  # [B, F, C]
-        x = self.act1(self.pwconv1(x))
-
-        def apply_filter(spec: torch.Tensor) -> torch.Tensor:
-            h, w = spec.shape[1], spec.shape[2]
-            bank = self.filters(h, w)  # [h, w, F, 2]
-            # [h*w*2, F] @ [B, F, C] -> [B, h*w*2, C]: real and imaginary parts in one product.
-            bank = bank.permute(0, 1, 3, 2).reshape(h * w * 2, self.num_filters)
-            mixed = torch.matmul(bank, routing).view(batch, h, w, 2, -1)
-            return spec * torch.complex(mixed[:, :, :, 0], mixed[:, :, :, 1])
-
-        x = self.spectral(x, apply_filter)
-        return self.pwconv2(self.act2(x))
+        routeing = self._routing(x).softmax(dim=1)
+        x = self.pwconv1(x)
+        x = self.act1(x)
+        fh, fw = x.shape[1], x.shape[2] // 2 + 1
+        complex_weights = self._reference_filters(fh, fw)
+        routeing = routeing.to(torch.complex64)
+        weight = torch.einsum("bfc,hwf->bhwc", routeing, complex_weights)
+        weight = weight.view(batch, fh, fw, self.med_channels)
+        x = self._spectral_reference(x, weight)
+        x = self.act2(x)
+        return self.pwconv2(x)
 
 
 class GlobalFilter(_SpectralMixer):
@@ -143,18 +225,26 @@ class GlobalFilter(_SpectralMixer):
         self.act2 = nn.Identity()
         self.pwconv2 = nn.Linear(self.med_channels, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.pwconv1(x))
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[1], x.shape[2]
+        h = self._expand(x)  # [C, B, H, W]
+        with _autocast_off(x.device):
+            spec = torch.fft.rfft2(h, norm="ortho")  # [C, B, h, w]
+            bank = self.filters(spec.shape[2], spec.shape[3])  # [h, w, C, 2]
+            bank = torch.view_as_complex(bank.permute(2, 0, 1, 3).contiguous())  # [C, h, w]
+            y = torch.fft.irfft2(spec * bank[:, None], s=(height, width), norm="ortho")
+        return self._project(y)
 
-        def apply_filter(spec: torch.Tensor) -> torch.Tensor:
-            bank = self.filters(spec.shape[1], spec.shape[2])
-            return spec * torch.view_as_complex(bank.contiguous())
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pwconv1(x)
+        x = self.act1(x)
+        fh, fw = x.shape[1], x.shape[2] // 2 + 1
+        x = self._spectral_reference(x, self._reference_filters(fh, fw))
+        x = self.act2(x)
+        return self.pwconv2(x)
 
-        x = self.spectral(x, apply_filter)
-        return self.pwconv2(self.act2(x))
 
-
-class SepConv(nn.Module):
+class SepConv(DualPath):
     """Inverted separable convolution (MobileNetV2 style) of ConvFormer: pw -> dw 7x7 -> pw."""
 
     def __init__(
@@ -175,17 +265,28 @@ class SepConv(nn.Module):
         self.act2 = nn.Identity()
         self.pwconv2 = nn.Linear(med, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.pwconv1(x))
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        x = linear(x, self.pwconv1.weight, self.pwconv1.bias)
+        x = star_relu(x, self.act1.scale, self.act1.bias, inplace=True)
         x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.pwconv2(self.act2(x))
+        return linear(self.act2(x), self.pwconv2.weight, self.pwconv2.bias)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pwconv1(x)
+        x = self.act1(x)
+        x = x.permute(0, 3, 1, 2)
+        x = self.dwconv(x)
+        x = x.permute(0, 2, 3, 1)
+        x = self.act2(x)
+        return self.pwconv2(x)
 
 
-class Attention(nn.Module):
+class Attention(DualPath):
     """Multi-head self-attention over all ``H*W`` tokens (CAFormer), head_dim 32, no biases.
 
-    Uses ``F.scaled_dot_product_attention`` (the fused kernel) with the default scale
-    ``head_dim ** -0.5``, the same function as the official explicit softmax(QK^T)V.
+    The fast path uses ``F.scaled_dot_product_attention`` (a fused kernel) with the default
+    scale ``head_dim ** -0.5``; the reference path is the official explicit
+    ``softmax(q k^T * scale) v``.
     """
 
     def __init__(
@@ -201,19 +302,34 @@ class Attention(nn.Module):
     ) -> None:
         super().__init__()
         self.head_dim = head_dim
+        self.scale = head_dim**-0.5
         self.num_heads = num_heads or max(dim // head_dim, 1)
         inner = self.num_heads * head_dim
         self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
-        self.attn_drop_rate = attn_drop_rate
+        self.attn_drop = nn.Dropout(attn_drop_rate)
         self.proj = nn.Linear(inner, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _qkv(
+        self, x: torch.Tensor, qkv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, h, w, _ = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, self.head_dim)
+        qkv = qkv.reshape(b, h * w, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        drop = self.attn_drop_rate if self.training else 0.0
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        return q, k, v
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        q, k, v = self._qkv(x, linear(x, self.qkv.weight, self.qkv.bias))
+        drop = self.attn_drop.p if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
+        x = x.transpose(1, 2).reshape(b, h, w, -1)
+        return self.proj_drop(linear(x, self.proj.weight, self.proj.bias))
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        q, k, v = self._qkv(x, self.qkv(x))
+        x = official_attention(q, k, v, self.scale, self.attn_drop)
         x = x.transpose(1, 2).reshape(b, h, w, -1)
         return self.proj_drop(self.proj(x))
 

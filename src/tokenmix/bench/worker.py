@@ -1,0 +1,114 @@
+"""One measurement in a fresh process: ``python -m tokenmix.bench.worker '<job json>'``.
+
+The suite starts a worker per measurement so that (1) CPU peak memory is the growth of a fresh
+process, (2) a size that runs out of memory, or a crash, is reported instead of ending the
+suite, and (3) each measurement starts from the same allocator and cache state. The worker
+prints one JSON object on its last stdout line.
+
+Jobs (``kind``):
+
+- ``time``: ``workload`` (a :class:`~tokenmix.bench.workload.Workload` dict), ``paths``,
+  ``warmup``, ``repeats`` -> median/quartile seconds per step for each path, interleaved.
+- ``memory``: ``workload``, ``path``, ``iterations`` -> peak memory growth in bytes.
+- ``peak``: ``device`` -> measured matrix-product GFLOP/s per kernel and dtype.
+
+Common keys: ``threads`` (CPU threads), ``memory_limit`` (bytes, CPU address-space cap).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from .memory import is_out_of_memory, limit_cpu_memory, peak_memory_growth
+from .timing import interleaved_timings, synchronize
+from .workload import Workload
+
+
+def _time_job(job: dict[str, Any]) -> dict[str, Any]:
+    prepared = Workload(**job["workload"]).prepare()
+    candidates = {path: (lambda p=path: prepared.step(p)) for path in job["paths"]}
+    summaries = interleaved_timings(
+        candidates, prepared.device, warmup=job["warmup"], repeats=job["repeats"]
+    )
+    return {"timings": {path: asdict(s) for path, s in summaries.items()}}
+
+
+def _memory_job(job: dict[str, Any]) -> dict[str, Any]:
+    prepared = Workload(**job["workload"]).prepare()
+
+    def work() -> None:
+        for _ in range(job["iterations"]):
+            prepared.step(job["path"])
+
+    return {"peak_bytes": peak_memory_growth(work, prepared.device)}
+
+
+def _gflops(fn: Any, flops: float, device: torch.device, repeats: int = 10) -> float:
+    for _ in range(3):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return flops / sorted(times)[len(times) // 2] / 1e9
+
+
+def _peak_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Matrix-product throughput at a size large enough to reach the kernels' peak."""
+    from ..layers.linear import linear, set_onednn_linear
+
+    device = torch.device(job["device"])
+    n = 2048 if device.type == "cpu" else 8192
+    flops = 2.0 * n**3
+    out: dict[str, float] = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        if device.type == "cpu" and dtype == torch.float16:
+            continue
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        out[f"{name}_matmul"] = _gflops(lambda a=a, b=b: torch.mm(a, b), flops, device)
+        if device.type == "cpu" and dtype == torch.float32:
+            set_onednn_linear(True)
+            out["fp32_onednn_linear"] = _gflops(lambda a=a, b=b: linear(a, b), flops, device)
+    return {"gflops": out}
+
+
+JOBS = {"time": _time_job, "memory": _memory_job, "peak": _peak_job}
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Run ``job`` in this process and return its result (``status`` ok, oom or error)."""
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    if job.get("memory_limit"):
+        limit_cpu_memory(int(job["memory_limit"]))
+    try:
+        result = JOBS[job["kind"]](job)
+    except Exception as e:
+        if is_out_of_memory(e):
+            return {"status": "oom", "error": str(e).splitlines()[0][:300]}
+        return {"status": "error", "error": f"{type(e).__name__}: {e}"[:2000]}
+    return {"status": "ok", **result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m tokenmix.bench.worker '<job json>'", file=sys.stderr)
+        return 2
+    result = run_job(json.loads(args[0]))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
