@@ -44,7 +44,11 @@ def _mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
 
 
 class _OneDnnLinear(torch.autograd.Function):
-    """``x @ W^T + b`` with all three products of forward and backward in oneDNN."""
+    """``x @ W^T + b`` for 2-D ``x``, with all three products of forward and backward in oneDNN.
+
+    Callers flatten to 2-D outside, so the output is not a view created inside the Function
+    and may be modified in place (``relu_square`` does).
+    """
 
     @staticmethod
     def forward(
@@ -62,16 +66,14 @@ class _OneDnnLinear(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = _mm(grad, weight.t())
-        rows = grad.reshape(-1, grad.shape[-1])
         if ctx.needs_input_grad[1]:
-            inputs = x.reshape(-1, x.shape[-1])
             # oneDNN packs the "weight" operand; packing the one with more features is faster.
-            if inputs.shape[1] >= rows.shape[1]:
-                grad_w = _mm(rows.t(), inputs.t())
+            if x.shape[1] >= grad.shape[1]:
+                grad_w = _mm(grad.t(), x.t())
             else:
-                grad_w = _mm(inputs.t(), rows.t()).t()
+                grad_w = _mm(x.t(), grad.t()).t()
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = rows.sum(0)
+            grad_b = grad.sum(0)
         return grad_x, grad_w, grad_b
 
 
@@ -97,5 +99,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     ):
-        return _OneDnnLinear.apply(x, weight, bias)
+        out = _OneDnnLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
+        return out.view(*x.shape[:-1], out.shape[-1])
     return _OP(x, weight, bias, "none", [], "")

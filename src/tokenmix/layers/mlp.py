@@ -53,9 +53,10 @@ class Mlp(DualPath):
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(self.act, StarReLU) or (self.training and self.drop1.p > 0):
             return self.forward_reference(x)
-        h = relu_square(linear(x, self.fc1.weight, self.fc1.bias), inplace=True)
+        rows = x.reshape(-1, x.shape[-1])  # 2-D, so the hidden tensor is no view: in place is safe
+        h = relu_square(linear(rows, self.fc1.weight, self.fc1.bias), inplace=True)
         weight, bias = fold_star_relu(self.act, self.fc2)
-        return self.drop2(linear(h, weight, bias))
+        return self.drop2(linear(h, weight, bias).view(*x.shape[:-1], -1))
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)

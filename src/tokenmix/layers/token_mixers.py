@@ -266,9 +266,10 @@ class SepConv(DualPath):
         self.pwconv2 = nn.Linear(med, dim, bias=bias)
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        x = linear(x, self.pwconv1.weight, self.pwconv1.bias)
+        b, height, width, c = x.shape
+        x = linear(x.reshape(-1, c), self.pwconv1.weight, self.pwconv1.bias)
         x = star_relu(x, self.act1.scale, self.act1.bias, inplace=True)
-        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = self.dwconv(x.view(b, height, width, -1).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return linear(self.act2(x), self.pwconv2.weight, self.pwconv2.bias)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
