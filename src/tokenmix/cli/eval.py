@@ -28,7 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--data", required=True, help="dataset spec: folder, CIFAR-10 archive, list file, digits"
     )
     p.add_argument(
-        "--split", default="test", choices=("train", "val", "test"), help="dataset split"
+        "--split",
+        default="val",
+        choices=("train", "val", "test"),
+        help="dataset split (val falls back to a validation/ or test/ folder)",
     )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="loader processes")

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from tokenmix.engine import checkpoint as ckpt
     from tokenmix.engine.train import fit
 
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
+        logging.getLogger().setLevel(logging.WARNING)
     overrides = (SMOKE if args.smoke else []) + list(args.overrides)
     if args.config is None and not args.resume:
         raise ValueError("give --config RECIPE.yaml (or --resume CHECKPOINT to continue a run)")

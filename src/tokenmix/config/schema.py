@@ -49,8 +49,9 @@ class DataConfig:
     train: str = "digits"
     # Evaluation spec; None evaluates on `val_split` of the training spec.
     val: str | None = None
-    train_split: str = "train"
-    val_split: str = "test"
+    train_split: Literal["train", "val", "test"] = "train"
+    # "val" falls back to a "validation" or "test" folder (CIFAR-style trees have no val/).
+    val_split: Literal["train", "val", "test"] = "val"
     # Use only this many samples (a fixed random subset): smoke runs and CPU benchmarks.
     train_limit: int | None = bounded(None, ge=1)
     val_limit: int | None = bounded(None, ge=1)

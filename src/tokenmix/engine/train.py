@@ -440,10 +440,10 @@ class Trainer:
         """Read back the mean loss since the last flush (one sync), check it, record it."""
         if self._window_steps == 0:
             return None
-        mean = all_reduce_sum(self._window / self._window_steps) / self.dist.world_size
-        bad = all_reduce_sum(torch.where(self._first_bad >= 0, self._first_bad + 1, 0))
-        loss, c = float(mean), self.counters
-        if int(bad) > 0 or not math.isfinite(loss):
+        flags = torch.stack([self._window / self._window_steps, (self._first_bad >= 0).float()])
+        total = all_reduce_sum(flags).tolist()  # the one device sync of the window
+        loss, c = total[0] / self.dist.world_size, self.counters
+        if total[1] > 0 or not math.isfinite(loss):
             last = ckpt.latest_checkpoint(self.ckpt_dir)
             at = int(self._first_bad) if int(self._first_bad) >= 0 else c.step - 1
             raise NonFiniteLossError(
@@ -533,7 +533,7 @@ class Trainer:
                         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                     if c.step >= self.total_steps:
                         break
-                    if save_now:
+                    if save_now and c.step % self.steps_per_epoch:  # epoch ends save below
                         self.save()
                 bar.close()
                 self.flush_log()
