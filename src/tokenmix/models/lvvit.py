@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, Mlp
+from ..layers import DropPath, DualPath, Mlp
+from ..layers.linear import linear
+from ..layers.reference import official_attention_query_scaled
 from .checkpoint import CheckpointError
 from .pretrained import PretrainedCfg
 from .registry import register_model
@@ -185,11 +187,12 @@ class ConvStem(nn.Module):
         return self.proj(x)
 
 
-class Attention(nn.Module):
+class Attention(DualPath):
     """Multi-head self-attention on ``[B, N, C]`` through ``scaled_dot_product_attention``.
 
     The official code computes ``softmax((q * scale) @ k^T) @ v``; SDPA with the same ``scale``
-    is that function, with fused kernels where the device has them.
+    is that function, with fused kernels where the device has them. ``forward_reference`` keeps
+    the official order (``tokenmix.layers.set_reference_mode``).
     """
 
     def __init__(
@@ -212,12 +215,23 @@ class Attention(nn.Module):
         self.proj = nn.Linear(inner, dim)
         self.proj_drop = nn.Dropout(proj_drop_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b, n, _ = qkv.shape
+        return qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        q, k, v = self._heads(linear(x, self.qkv.weight, self.qkv.bias))
         drop = self.attn_drop_rate if self.training else 0.0
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
+        x = x.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
+        return self.proj_drop(linear(x, self.proj.weight, self.proj.bias))
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self._heads(self.qkv(x))
+        drop = self.attn_drop_rate if self.training else 0.0
+        x = official_attention_query_scaled(q, k, v, self.scale, drop)
         x = x.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
         return self.proj_drop(self.proj(x))
 
