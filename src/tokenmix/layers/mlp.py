@@ -27,10 +27,10 @@ def fold_star_relu(act: StarReLU, linear: nn.Linear) -> tuple[torch.Tensor, torc
 class Mlp(DualPath):
     """Two linear layers with StarReLU between them, no biases (MetaFormer ``Mlp``).
 
-    The fast path runs ``relu(fc1(x)) ** 2`` in place and folds StarReLU's scale and bias into
-    ``fc2`` (:func:`fold_star_relu`), with oneDNN linears in float32 on CPU (``linear.py``);
-    with another activation, or with active dropout between the layers, it runs the layers as
-    written.
+    The fast path uses oneDNN linears in float32 on CPU (``linear.py``) and, with StarReLU, runs
+    ``relu(fc1(x)) ** 2`` in place and folds StarReLU's scale and bias into ``fc2``
+    (:func:`fold_star_relu`) unless dropout between the layers is active. LV-ViT uses this
+    class with GELU and biases.
     """
 
     def __init__(
@@ -51,11 +51,14 @@ class Mlp(DualPath):
         self.drop2 = nn.Dropout(drop_rate)
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(self.act, StarReLU) or (self.training and self.drop1.p > 0):
-            return self.forward_reference(x)
         rows = x.reshape(-1, x.shape[-1])  # 2-D, so the hidden tensor is no view: in place is safe
-        h = relu_square(linear(rows, self.fc1.weight, self.fc1.bias), inplace=True)
-        weight, bias = fold_star_relu(self.act, self.fc2)
+        h = linear(rows, self.fc1.weight, self.fc1.bias)
+        if isinstance(self.act, StarReLU) and not (self.training and self.drop1.p > 0):
+            h = relu_square(h, inplace=True)
+            weight, bias = fold_star_relu(self.act, self.fc2)
+        else:
+            h = self.drop1(self.act(h))
+            weight, bias = self.fc2.weight, self.fc2.bias
         return self.drop2(linear(h, weight, bias).view(*x.shape[:-1], -1))
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:

@@ -100,18 +100,24 @@ def official_star_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor)
 
 
 def official_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, drop: nn.Module
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, drop_rate: float = 0.0
 ) -> torch.Tensor:
-    """MetaFormer attention core: ``softmax((q @ k^T) * scale) @ v`` (scale after the product)."""
+    """MetaFormer attention core: ``softmax((q @ k^T) * scale) @ v`` (scale after the product).
+
+    ``drop_rate``: attention dropout (pass 0 outside training).
+    """
     attn = (q @ k.transpose(-2, -1)) * scale
     attn = attn.softmax(dim=-1)
-    return drop(attn) @ v
+    return F.dropout(attn, drop_rate) @ v
 
 
 def official_attention_query_scaled(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, drop: nn.Module
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, drop_rate: float = 0.0
 ) -> torch.Tensor:
-    """LV-ViT (TokenLabeling) attention core: ``softmax((q * scale) @ k^T) @ v``."""
+    """LV-ViT (TokenLabeling) attention core: ``softmax((q * scale) @ k^T) @ v``.
+
+    ``drop_rate``: attention dropout (pass 0 outside training).
+    """
     attn = (q * scale) @ k.transpose(-2, -1)
     attn = attn.softmax(dim=-1)
-    return drop(attn) @ v
+    return F.dropout(attn, drop_rate) @ v

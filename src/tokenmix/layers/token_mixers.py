@@ -231,8 +231,9 @@ class GlobalFilter(_SpectralMixer):
         with _autocast_off(x.device):
             spec = torch.fft.rfft2(h, norm="ortho")  # [C, B, h, w]
             bank = self.filters(spec.shape[2], spec.shape[3])  # [h, w, C, 2]
-            bank = torch.view_as_complex(bank.permute(2, 0, 1, 3).contiguous())  # [C, h, w]
-            y = torch.fft.irfft2(spec * bank[:, None], s=(height, width), norm="ortho")
+            # [C, 1, h, w] complex (reshaped while real: exporters handle few complex ops)
+            bank = torch.view_as_complex(bank.permute(2, 0, 1, 3).unsqueeze(1).contiguous())
+            y = torch.fft.irfft2(spec * bank, s=(height, width), norm="ortho")
         return self._project(y)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -330,7 +331,7 @@ class Attention(DualPath):
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
         q, k, v = self._qkv(x, self.qkv(x))
-        x = official_attention(q, k, v, self.scale, self.attn_drop)
+        x = official_attention(q, k, v, self.scale, self.attn_drop.p if self.training else 0.0)
         x = x.transpose(1, 2).reshape(b, h, w, -1)
         return self.proj_drop(self.proj(x))
 
