@@ -205,3 +205,20 @@ def test_demo_recipe_smoke(tmp_path: Path) -> None:
     )
     assert (tmp_path / "digits_demo" / "plots" / "predictions.png").is_file()
     assert "tokenmix train --config configs/digits_demo.yaml" in (ROOT / "Makefile").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_smoke_runs_on_digits(recipe: Path, tmp_path: Path) -> None:
+    """Each recipe's model, optimizer, schedule and augmentation run 3 steps (224 px: slow)."""
+    overrides = ["data.train=digits", "model.pretrained=false", "loss.token_labels=null"]
+    args = [
+        "train",
+        "--config",
+        str(recipe),
+        "--smoke",
+        "--set",
+        *overrides,
+        f"run.output_dir={tmp_path}",
+    ]
+    assert main([*args, "log.progress=false"]) == 0

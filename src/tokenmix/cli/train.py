@@ -8,8 +8,9 @@ Examples:
   tokenmix train --config configs/digits_demo.yaml
   tokenmix train --config configs/cifar10_dfformer_s18.yaml --set optim.lr=2e-4 train.epochs=5
   tokenmix train --config configs/digits_demo.yaml --resume          # continue after a crash
-  tokenmix train --config configs/dfformer_s18_in1k.yaml --smoke     # a few steps, tiny data
+  tokenmix train --config configs/dfformer_s18_in1k.yaml --smoke --set data.train=digits
   tokenmix train --config configs/digits_demo.yaml --print-config    # resolved config, no run
+  (--smoke: 3 steps on 32 images, to check a recipe end to end before a long run)
   torchrun --nproc-per-node 8 -m tokenmix.cli.main train --config configs/dfformer_s18_in1k.yaml
 """
 
