@@ -66,6 +66,8 @@ class SubsetDataset(ImageDataset):
     """
 
     def __init__(self, base: ImageDataset, indices: Sequence[int]) -> None:
+        # no super().__init__(): it would assign a default transform, which the property
+        # below forwards to the base dataset
         self.base = base
         self.indices = np.asarray(indices, dtype=np.int64)
         self.classes = base.classes

@@ -69,21 +69,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
-
-
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Send ``obj`` from ``src`` to every process (e.g. the run folder rank 0 resolved)."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
