@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..layers.linear import set_onednn_linear
+
 aten = torch.ops.aten
 
 
@@ -73,11 +75,13 @@ def _sdpa_cpu(
 for _fn in (_r2c, _c2r, _mul, _sdpa_cpu):
     _fn._get_raw = True  # type: ignore[attr-defined]
 
+# FlopCounterMode looks formulas up by op *packet* (``aten.mul``), not by overload
+# (``aten.mul.Tensor``): keyed by overload, a formula is silently never used.
 _CUSTOM = {
-    aten._fft_r2c.default: _r2c,
-    aten._fft_c2r.default: _c2r,
-    aten.mul.Tensor: _mul,
-    aten._scaled_dot_product_flash_attention_for_cpu.default: _sdpa_cpu,
+    aten._fft_r2c: _r2c,
+    aten._fft_c2r: _c2r,
+    aten.mul: _mul,
+    aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
 }
 
 
@@ -94,9 +98,12 @@ def count_macs(
     counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM)
     was_training = model.training
     model.eval()
+    # oneDNN's linear op has no formula: count the same products as aten matmuls.
+    onednn = set_onednn_linear(False)
     try:
         with counter, torch.no_grad():
             model(x)
     finally:
+        set_onednn_linear(onednn)
         model.train(was_training)
     return counter.get_total_flops() // 2 // batch

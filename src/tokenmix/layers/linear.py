@@ -27,10 +27,15 @@ _OP = (
 _enabled = _OP is not None
 
 
-def set_onednn_linear(enabled: bool) -> None:
-    """Route float32 CPU linears through oneDNN (``True``, the default where available) or not."""
+def set_onednn_linear(enabled: bool) -> bool:
+    """Route float32 CPU linears through oneDNN (``True``, the default where available) or not.
+
+    Returns the previous setting, so callers can restore it.
+    """
     global _enabled
+    previous = _enabled
     _enabled = bool(enabled) and _OP is not None
+    return previous
 
 
 def onednn_linear_enabled() -> bool:

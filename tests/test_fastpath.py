@@ -1,0 +1,200 @@
+"""The fast path computes the reference path's function (which is the official code's).
+
+Tolerances: float32 forward within 1e-5 absolute (outputs are O(1), like the official cases);
+gradients within 1e-5 relative to each gradient's scale; under bf16 autocast the fast path may
+deviate from the float32 reference by at most 1.5x the reference path's own bf16 deviation
+plus 0.5 % of the output scale (both are ~1-2 % of the scale: bf16 has an 8-bit mantissa).
+Weights are perturbed away from their init so that StarReLU's scale and bias, norm weights and
+res-scales are not 1 and 0 (the folds and fusions must handle any value).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import tokenmix
+from tokenmix.layers import (
+    DualPath,
+    StarReLU,
+    fold_star_relu,
+    reference_mode,
+    relu_square,
+    set_reference_mode,
+    uses_reference_path,
+)
+from tokenmix.layers.linear import linear, onednn_linear_enabled
+
+from .conftest import REFERENCE, require
+
+MODELS = [
+    "test_dfformer",
+    "test_cdfformer",
+    "test_gfformer",
+    "test_convformer",
+    "test_caformer",
+    "test_lvvit",
+]
+# native size, a resized non-square one (odd FFT widths), a larger one
+SIZES = [(64, 64), (96, 80), (128, 128)]
+
+
+def perturbed(name: str) -> torch.nn.Module:
+    model = tokenmix.create_model(name)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("size", SIZES)
+def test_forward_matches_reference_fp32(name: str, size: tuple[int, int]) -> None:
+    model = perturbed(name).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        fast = model(x)
+        with reference_mode(model):
+            ref = model(x)
+    assert (fast - ref).abs().max().item() <= 1e-5
+    assert not uses_reference_path(model)  # the context restored the fast path
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("size", [(64, 64), (96, 80)])
+def test_backward_matches_reference_fp32(name: str, size: tuple[int, int]) -> None:
+    model = perturbed(name).train()
+    x = torch.randn(2, 3, *size)
+
+    def grads(reference: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        with reference_mode(model, reference):
+            out = model(xi)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        g = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        g["input"] = xi.grad.clone()
+        return g
+
+    fast, ref = grads(False), grads(True)
+    assert fast.keys() == ref.keys()
+    for key in ref:
+        scale = ref[key].abs().max().item() + 1e-6
+        err = (fast[key] - ref[key]).abs().max().item()
+        assert err <= 1e-5 * max(scale, 1.0), f"{key}: {err:.3g} (scale {scale:.3g})"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bf16_autocast_within_documented_tolerance(name: str) -> None:
+    model = perturbed(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        with reference_mode(model):
+            ref32 = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast16 = model(x).float()
+            with reference_mode(model):
+                ref16 = model(x).float()
+    scale = ref32.abs().max().item()
+    err_fast = (fast16 - ref32).abs().max().item()
+    err_ref = (ref16 - ref32).abs().max().item()
+    assert err_fast <= 1.5 * err_ref + 0.005 * scale, (err_fast, err_ref)
+
+
+CASES = {
+    "dfformer_tiny": "test_dfformer",
+    "dfformer_tiny_resize": "test_dfformer",
+    "cdfformer_tiny": "test_cdfformer",
+    "gfformer_tiny": "test_gfformer",
+    "convformer_tiny": "test_convformer",
+    "caformer_tiny": "test_caformer",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_reference_path_reproduces_official_outputs(case: str) -> None:
+    """The oracle itself: the reference path gives the official code's stored outputs."""
+    tensors = load_file(str(require(REFERENCE / "cases" / f"{case}.safetensors")))
+    state = {k[len("state.") :]: v for k, v in tensors.items() if k.startswith("state.")}
+    model = set_reference_mode(tokenmix.create_model(CASES[case]).eval())
+    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        out = model(tensors["input"])
+    assert (out - tensors["output"]).abs().max().item() <= 1e-5
+
+
+def test_switch_covers_every_dual_path_layer_and_restores() -> None:
+    model = tokenmix.create_model("test_cdfformer")
+    layers = [m for m in model.modules() if isinstance(m, DualPath)]
+    kinds = {type(m).__name__ for m in layers}
+    assert {"LayerNormNoBias", "StarReLU", "Mlp", "DynamicFilter", "SepConv"} <= kinds
+    set_reference_mode(model)
+    assert all(m.reference for m in layers)
+    layers[0].reference = False  # a mixed state is restored exactly
+    with reference_mode(model, enabled=False):
+        assert not any(m.reference for m in layers)
+        with pytest.raises(RuntimeError), reference_mode(model):
+            raise RuntimeError("inside")
+        assert not any(m.reference for m in layers)
+    assert [m.reference for m in layers] == [False] + [True] * (len(layers) - 1)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_relu_square_gradient(inplace: bool) -> None:
+    x = torch.randn(64, 32, dtype=torch.float64)
+    x[0, :8] = 0.0  # exact zeros: relu'(0) = 0
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    g = torch.randn(64, 32, dtype=torch.float64)
+    (F.relu(a) ** 2).backward(g)
+    # in place needs a tensor nothing else keeps: the output of an op, like a linear layer's
+    relu_square(b * 1.0, inplace=inplace).backward(g)
+    assert torch.allclose(a.grad, b.grad, atol=1e-13)
+
+
+def test_star_relu_fold_into_linear() -> None:
+    act = StarReLU(scale_value=0.7, bias_value=-0.3)
+    fc = torch.nn.Linear(16, 8)
+    h = torch.randn(5, 16)
+    expected = fc(act.forward_reference(h))
+    weight, bias = fold_star_relu(act, fc)
+    assert torch.allclose(F.linear(F.relu(h) ** 2, weight, bias), expected, atol=1e-6)
+
+
+@pytest.mark.skipif(not onednn_linear_enabled(), reason="oneDNN linear not available")
+def test_onednn_linear_forward_backward() -> None:
+    x = torch.randn(37, 24, requires_grad=True)
+    w = torch.randn(11, 24, requires_grad=True)
+    b = torch.randn(11, requires_grad=True)
+    out = linear(x, w, b)
+    g = torch.randn_like(out)
+    out.backward(g)
+    grads = [t.grad.clone() for t in (x, w, b)]
+    for t in (x, w, b):
+        t.grad = None
+    ref = F.linear(x, w, b)
+    ref.backward(g)
+    assert torch.allclose(out, ref, atol=1e-5)
+    for got, t in zip(grads, (x, w, b), strict=True):
+        assert torch.allclose(got, t.grad, atol=1e-4)
+    # 4-D input (the mixers' channels-last maps) keeps its leading shape
+    assert linear(torch.randn(2, 3, 5, 24), w.detach()).shape == (2, 3, 5, 11)
+
+
+def test_resized_filter_cache_follows_weight_updates() -> None:
+    """Inference at a new size caches the resized filters; a weight change must invalidate."""
+    model = tokenmix.create_model("test_dfformer").eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        first = model(x)
+        assert torch.equal(model(x), first)  # cached path, same result
+        mixer = model.stages[0][0].token_mixer
+        mixer.complex_weights.mul_(2.0)
+        changed = model(x)
+        with reference_mode(model):
+            ref = model(x)
+    assert not torch.allclose(changed, first)
+    assert (changed - ref).abs().max().item() <= 1e-5
