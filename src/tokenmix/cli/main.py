@@ -21,6 +21,7 @@ COMMANDS = [
     "predict",
     "plot",
     "bench",
+    "export",
 ]
 
 
