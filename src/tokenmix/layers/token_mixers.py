@@ -26,7 +26,7 @@ function with fewer passes over memory and faster kernels:
 - the per-sample filter built with one real matrix product (no complex ``einsum``, which is
   also what makes the model exportable to ONNX);
 - filters resized for a new input size cached while no gradient is needed;
-- attention through ``F.scaled_dot_product_attention``.
+- attention through ``F.scaled_dot_product_attention`` (``attention.py``).
 
 The FFT always runs in float32 (autocast is switched off around it): bf16/fp16 FFTs lose the
 precision the filters rely on and are not supported on every device.
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import StarReLU, star_relu
+from .attention import attention
 from .linear import linear
 from .mlp import Mlp
 from .reference import DualPath, official_attention
@@ -286,8 +287,8 @@ class SepConv(DualPath):
 class Attention(DualPath):
     """Multi-head self-attention over all ``H*W`` tokens (CAFormer), head_dim 32, no biases.
 
-    The fast path uses ``F.scaled_dot_product_attention`` (a fused kernel) with the default
-    scale ``head_dim ** -0.5``; the reference path is the official explicit
+    The fast path uses :func:`tokenmix.layers.attention.attention` (fused SDPA, or bf16 batched
+    products on CPU where those are faster); the reference path is the official explicit
     ``softmax(q k^T * scale) v``.
     """
 
@@ -323,8 +324,7 @@ class Attention(DualPath):
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
         q, k, v = self._qkv(x, linear(x, self.qkv.weight, self.qkv.bias))
-        drop = self.attn_drop.p if self.training else 0.0
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
+        x = attention(q, k, v, self.scale, self.attn_drop.p if self.training else 0.0)
         x = x.transpose(1, 2).reshape(b, h, w, -1)
         return self.proj_drop(linear(x, self.proj.weight, self.proj.bias))
 
