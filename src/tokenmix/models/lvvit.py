@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, DualPath, Mlp
+from ..layers.attention import attention
 from ..layers.linear import linear
 from ..layers.reference import official_attention_query_scaled
 from .checkpoint import CheckpointError
@@ -222,8 +223,7 @@ class Attention(DualPath):
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self._heads(linear(x, self.qkv.weight, self.qkv.bias))
-        drop = self.attn_drop_rate if self.training else 0.0
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
+        x = attention(q, k, v, self.scale, self.attn_drop_rate if self.training else 0.0)
         x = x.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
         return self.proj_drop(linear(x, self.proj.weight, self.proj.bias))
 
