@@ -126,7 +126,8 @@ def test_workload_validates_and_steps() -> None:
     prepared.step("reference")
     prepared.step("fast")
     assert not torch.equal(before, prepared.model.head.fc2.weight)  # optimizer stepped
-    with pytest.raises(ValueError, match="path"):
+    prepared.step("fast@bf16")  # another autocast dtype on the same weights
+    with pytest.raises(ValueError, match="variant"):
         prepared.step("slow")
 
 
@@ -145,24 +146,28 @@ def test_worker_jobs_in_process() -> None:
 
 
 def test_suite_end_to_end_reports_oom_not_crash(tmp_path: Path) -> None:
-    """Two tiny sizes, both paths; a memory cap makes the larger size run out of memory."""
+    """Two sizes, three variants; a memory cap makes the larger size run out of memory."""
     config = SuiteConfig(
         models=("test_dfformer",),
         resolutions=(64, 1024),
+        paths=("fast", "reference", "fast@bf16"),
         batch=4,
         warmup=0,
         repeats=1,
         threads=1,
-        memory_limit_gb=0.35,
+        memory_limit_gb=0.2,
     )
     result = run_suite(config, progress=False)
     rows = {(r.resolution, r.path): r for r in result.rows}
     assert {k: r.status for k, r in rows.items()} == {
         (64, "fast"): "ok",
         (64, "reference"): "ok",
+        (64, "fast@bf16"): "ok",
         (1024, "fast"): "oom",
         (1024, "reference"): "oom",
+        (1024, "fast@bf16"): "oom",
     }
+    assert rows[(64, "fast@bf16")].speedup_vs_reference is not None
     small = rows[(64, "fast")]
     assert small.throughput > 0 and small.peak_memory_mb > 0 and small.gmacs > 0
     assert rows[(64, "reference")].speedup_vs_reference == 1.0
@@ -175,13 +180,19 @@ def test_suite_end_to_end_reports_oom_not_crash(tmp_path: Path) -> None:
     names = sorted(p.name for p in written)
     assert names == ["run.csv", "run.json", "run_memory.png", "run_throughput.png"]
     data = json.loads((tmp_path / "run.json").read_text())
-    assert data["machine"]["cpu"] and len(data["rows"]) == 4
+    assert data["machine"]["cpu"] and len(data["rows"]) == 6
     assert load_results(tmp_path / "run.json").rows == result.rows
 
 
 def test_suite_config_rejects_bad_values() -> None:
-    with pytest.raises(ValueError, match="paths"):
+    with pytest.raises(ValueError, match="variant 'turbo'"):
         SuiteConfig(paths=("fast", "turbo"))
+    with pytest.raises(ValueError, match="variant 'fast@int8'"):
+        SuiteConfig(paths=("fast@int8",))
+    with pytest.raises(ValueError, match="distinct"):
+        SuiteConfig(paths=("fast", "fast"))
+    with pytest.raises(ValueError, match="fp16"):
+        SuiteConfig(paths=("fast@fp16",), device="cpu")
     with pytest.raises(ValueError, match="fp16"):
         SuiteConfig(dtype="fp16", device="cpu")
 

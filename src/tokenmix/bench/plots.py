@@ -1,7 +1,7 @@
 """Throughput and peak memory against input resolution (DFFormer paper, Figures 5 and 6).
 
 One line per model; the fast path solid, the reference path (the official operation order)
-dashed when it was measured. Sizes that ran out of memory are marked with an ``x`` on the
+dashed and other variants (e.g. ``fast@bf16``) dotted, when they were measured. Sizes that ran out of memory are marked with an ``x`` on the
 axis floor, the way the paper shows models that do not fit.
 """
 
@@ -50,10 +50,10 @@ def plot_results(result: SuiteResult, stem: Path) -> list[Path]:
         colors = {m: f"C{i}" for i, m in enumerate(models)}
         for (model, path), points in sorted(series.items()):
             ok = [(r, v) for r, v in points if v is not None]
-            style = "-" if path == "fast" else "--"
+            style = {"fast": "-", "reference": "--"}.get(path, ":")
             if ok:
                 xs, ys = zip(*ok, strict=True)
-                name = model if path == "fast" else f"{model} (reference)"
+                name = model if path == "fast" else f"{model} ({path})"
                 ax.plot(xs, ys, style, marker="o", color=colors[model], label=name)
             failed = [r for r, v in points if v is None]
             if failed:

@@ -3,7 +3,8 @@
 For every model and resolution it runs, each in a fresh worker process
 (:mod:`tokenmix.bench.worker`):
 
-1. peak memory of each path (``fast``, ``reference``), a process per path;
+1. peak memory of each path (``fast``, ``reference``, or a path in another autocast dtype such
+   as ``fast@bf16``), a process per path;
 2. timing of all paths that fit in memory, interleaved in one process on the same weights,
    so ``fast / reference`` is a ratio measured under the same conditions;
 
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .workload import DTYPES, PATHS, Workload, count_model
+from .workload import DTYPES, PATHS, Workload, count_model, parse_variant
 
 DEFAULT_MODELS = ("dfformer_s18", "cdfformer_s18", "gfformer_s18", "convformer_s18", "caformer_s18")
 
@@ -57,12 +58,12 @@ class SuiteConfig:
     timeout_s: float = 3600.0
 
     def __post_init__(self) -> None:
-        unknown = [p for p in self.paths if p not in PATHS]
-        if unknown or not self.paths:
-            raise ValueError(f"paths must be a non-empty subset of {PATHS}, got {self.paths}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.dtype == "fp16" and not self.device.startswith("cuda"):
+        if not self.paths or len(set(self.paths)) != len(self.paths):
+            raise ValueError(f"paths must be distinct and non-empty, got {self.paths}")
+        dtypes = {parse_variant(v, self.dtype)[1] for v in self.paths}  # validates every variant
+        if "fp16" in dtypes and not self.device.startswith("cuda"):
             raise ValueError("fp16 autocast is benchmarked on CUDA only; use bf16 on CPU")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} requested but CUDA is not available")
@@ -82,7 +83,11 @@ class SuiteConfig:
 
 @dataclass
 class BenchRow:
-    """One (model, resolution, path) result; time and memory fields are None when not measured."""
+    """One (model, resolution, path) result; time and memory fields are None when not measured.
+
+    ``path`` is a variant (``fast``, ``reference``, ``fast@bf16``, ...); the ratios compare it
+    with the ``reference`` variant of the same run.
+    """
 
     model: str
     resolution: int
@@ -97,6 +102,7 @@ class BenchRow:
     latency_q3_ms: float | None = None
     peak_memory_mb: float | None = None
     gflops_per_s: float | None = None
+    matmul_peak_share: float | None = None
     speedup_vs_reference: float | None = None
     memory_vs_reference: float | None = None
     error: str | None = None
@@ -230,6 +236,9 @@ def run_suite(config: SuiteConfig, progress: bool = True) -> SuiteResult:
                 row.throughput = config.batch / t["median"]
                 passes = 3 if config.train else 1  # backward costs about twice the forward
                 row.gflops_per_s = 2 * macs * config.batch * passes / t["median"] / 1e9
+                peak = matmul_peak(result.machine, parse_variant(path, config.dtype)[1])
+                if peak:
+                    row.matmul_peak_share = row.gflops_per_s / peak
         _add_ratios(rows)
         result.rows.extend(rows.values())
     result.machine["load_average_end"] = list(os.getloadavg())
@@ -256,36 +265,38 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def format_table(result: SuiteResult) -> str:
     """A fixed-width table of every row, with achieved GFLOP/s as a share of the matmul peak."""
-    peak = _peak_for(result)
     head = (
-        f"{'model':<16} {'res':>5} {'path':<9} {'img/s':>8} {'ms/batch':>9} {'peak MB':>9} "
+        f"{'model':<16} {'res':>5} {'path':<14} {'img/s':>8} {'ms/batch':>9} {'peak MB':>9} "
         f"{'GMACs':>7} {'GFLOP/s':>8} {'%peak':>6} {'speedup':>8} {'mem x':>6}"
     )
     lines = [head, "-" * len(head)]
     for r in result.rows:
         if r.status != "ok":
             lines.append(
-                f"{r.model:<16} {r.resolution:>5} {r.path:<9} {r.status.upper():>8}  "
+                f"{r.model:<16} {r.resolution:>5} {r.path:<14} {r.status.upper():>8}  "
                 f"{(r.error or '')[:60]}"
             )
             continue
-        share = r.gflops_per_s / peak * 100 if r.gflops_per_s and peak else None
+        share = r.matmul_peak_share * 100 if r.matmul_peak_share is not None else None
         lines.append(
-            f"{r.model:<16} {r.resolution:>5} {r.path:<9} {_fmt(r.throughput, '8.2f')} "
+            f"{r.model:<16} {r.resolution:>5} {r.path:<14} {_fmt(r.throughput, '8.2f')} "
             f"{_fmt(r.latency_ms, '9.1f')} {_fmt(r.peak_memory_mb, '9.0f')} {r.gmacs:7.2f} "
             f"{_fmt(r.gflops_per_s, '8.1f')} {_fmt(share, '6.1f')} "
             f"{_fmt(r.speedup_vs_reference, '8.2f')} {_fmt(r.memory_vs_reference, '6.2f')}"
         )
-    if peak:
+    peaks = ", ".join(
+        f"{k} {v:.0f}" for k, v in result.machine.get("matmul_peak_gflops", {}).items()
+    )
+    if peaks:
         lines.append(
-            f"%peak: share of the best measured {result.config.dtype} matmul ({peak:.0f} GFLOP/s)"
+            f"%peak: achieved GFLOP/s over the best measured matmul of that dtype ({peaks})"
         )
     return "\n".join(lines)
 
 
-def _peak_for(result: SuiteResult) -> float | None:
-    gflops = result.machine.get("matmul_peak_gflops", {})
-    dtype = result.config.dtype
+def matmul_peak(machine: dict[str, Any], dtype: str) -> float | None:
+    """The best measured matrix-product GFLOP/s in ``dtype`` (any kernel), if measured."""
+    gflops = machine.get("matmul_peak_gflops", {})
     best = [v for k, v in gflops.items() if k.startswith(dtype + "_")]
     return max(best) if best else None
 

@@ -2,8 +2,9 @@
 
 A :class:`Workload` is plain data (it travels to worker processes as JSON);
 :meth:`Workload.prepare` builds the model once and returns a :class:`PreparedWorkload` whose
-``step(path)`` runs one batch on the fast or the reference path of the *same* model and weights
-(see :func:`tokenmix.layers.set_reference_mode`), so the two paths can be interleaved.
+``step(variant)`` runs one batch on the fast or the reference path of the *same* model and
+weights (see :func:`tokenmix.layers.set_reference_mode`), optionally in another autocast dtype
+(``"fast@bf16"``), so that all variants can be interleaved.
 """
 
 from __future__ import annotations
@@ -21,6 +22,22 @@ from ..layers import set_reference_mode
 
 PATHS = ("fast", "reference")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_variant(variant: str, default_dtype: str) -> tuple[str, str]:
+    """``"fast"``, ``"reference"`` or ``"PATH@DTYPE"`` (e.g. ``"fast@bf16"``) -> (path, dtype).
+
+    A variant without ``@`` runs in the workload's dtype. Variants let one run time, say, the
+    fast path in bf16 against the reference path in float32 on the same weights.
+    """
+    path, _, dtype = variant.partition("@")
+    dtype = dtype or default_dtype
+    if path not in PATHS or dtype not in DTYPES:
+        raise ValueError(
+            f"variant {variant!r}: expected PATH or PATH@DTYPE with PATH in {PATHS} "
+            f"and DTYPE in {sorted(DTYPES)}"
+        )
+    return path, dtype
 
 
 @dataclass(frozen=True)
@@ -86,27 +103,26 @@ class PreparedWorkload:
         self.scaler: torch.amp.GradScaler | None = None
         if workload.train:
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            if workload.dtype == "fp16" and self.device.type == "cuda":
-                self.scaler = torch.amp.GradScaler(self.device.type)
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.workload.dtype == "fp32":
+    def _autocast(self, dtype: str) -> contextlib.AbstractContextManager[Any]:
+        if dtype == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=DTYPES[self.workload.dtype])
+        return torch.autocast(self.device.type, dtype=DTYPES[dtype])
 
-    def step(self, path: str) -> None:
-        """One batch on ``path`` (``fast`` or ``reference``)."""
-        if path not in PATHS:
-            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    def step(self, variant: str = "fast") -> None:
+        """One batch on ``variant`` (``fast``, ``reference``, or ``PATH@DTYPE``)."""
+        path, dtype = parse_variant(variant, self.workload.dtype)
         set_reference_mode(self.model, path == "reference")
         if not self.workload.train:
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode(), self._autocast(dtype):
                 self.runner(self.inputs)
             return
         assert self.optimizer is not None
-        with self._autocast():
+        with self._autocast(dtype):
             loss = F.cross_entropy(self.runner(self.inputs).float(), self.targets)
-        if self.scaler is not None:
+        if dtype == "fp16" and self.device.type == "cuda":  # fp16 gradients need loss scaling
+            if self.scaler is None:
+                self.scaler = torch.amp.GradScaler(self.device.type)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()

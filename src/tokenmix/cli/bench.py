@@ -12,6 +12,7 @@ Examples:
   tokenmix bench --models dfformer_s18,cdfformer_s18 --res 224 --threads 2
   tokenmix bench --models dfformer_s18,cdfformer_s18,gfformer_s18,convformer_s18,caformer_s18 \\
       --res 224,384,512,768,1024 --paths fast
+  tokenmix bench --models dfformer_s18 --paths fast,reference,fast@bf16   # bf16 vs fp32 reference
   tokenmix bench --models dfformer_s18 --train --dtype bf16
   tokenmix bench --device cuda --dtype fp16 --train --compile
 """
@@ -57,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--paths",
         type=_csv(str),
         default=("fast", "reference"),
-        help="fast, reference or both (default both, for the speed-up ratio)",
+        help="variants: fast, reference, or PATH@DTYPE such as fast@bf16 (default "
+        "fast,reference; speed-ups are relative to `reference`)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=3)
