@@ -25,6 +25,7 @@ from tokenmix.layers import (
     set_reference_mode,
     uses_reference_path,
 )
+from tokenmix.layers.conv import conv_bn
 from tokenmix.layers.linear import linear, onednn_linear_enabled
 
 from .conftest import REFERENCE, require
@@ -182,6 +183,25 @@ def test_onednn_linear_forward_backward() -> None:
         assert torch.allclose(got, t.grad, atol=1e-4)
     # 4-D input (the mixers' channels-last maps) keeps its leading shape
     assert linear(torch.randn(2, 3, 5, 24), w.detach()).shape == (2, 3, 5, 11)
+
+
+def test_conv_bn_fold_in_eval_and_plain_in_training() -> None:
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=True)
+    bn = torch.nn.BatchNorm2d(8)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    x = torch.randn(2, 3, 10, 10)
+    bn.eval()
+    assert torch.allclose(conv_bn(conv, bn, x), bn(conv(x)), atol=1e-5)
+    bn.train()
+    stats = bn.running_mean.clone()
+    out = conv_bn(conv, bn, x)  # batch statistics, and the running ones are updated
+    assert not torch.equal(bn.running_mean, stats)
+    bn.running_mean.copy_(stats)
+    assert torch.allclose(out, bn(conv(x)), atol=1e-6)
 
 
 def test_resized_filter_cache_follows_weight_updates() -> None:

@@ -9,7 +9,9 @@ set size (``VmHWM``) minus the resident size before the work. Linux lets a proce
 own peak (``echo 5 > /proc/self/clear_refs``), so the peak belongs to the measured work only;
 where that is not possible we fall back to ``getrusage`` (peak over the process lifetime). Run
 each measurement in a fresh process (``tokenmix.bench.worker`` does), so that freed-but-cached
-memory of earlier work cannot hide growth.
+memory of earlier work cannot hide growth; the suite also fixes glibc's mmap threshold in
+memory workers, so that freed tensors leave the resident set at once and the peak is that of
+live memory rather than of the allocator's caching history (see ``suite._MEMORY_WORKER_ENV``).
 
 :func:`limit_cpu_memory` caps the address space, so that a size that does not fit fails with
 an allocation error (reported as out of memory) instead of waking the kernel's OOM killer on a

@@ -148,10 +148,20 @@ def machine_info(config: SuiteConfig) -> dict[str, Any]:
     return info
 
 
+# glibc adapts its mmap threshold to the sizes freed so far, so whether a freed tensor leaves
+# the resident set depends on the history, and CPU peak RSS varies by +-15 % between identical
+# runs. A fixed threshold makes every large allocation its own mapping, returned on free: the
+# peak is then the peak of live memory (repeatable to ~0.1 %). Memory workers only.
+_MEMORY_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
 def _run_worker(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "tokenmix.bench.worker", json.dumps(job)]
+    env = {**os.environ, **_MEMORY_WORKER_ENV} if job["kind"] == "memory" else None
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s, check=False, env=env
+        )
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "error": f"worker exceeded {timeout_s:.0f} s"}
     lines = proc.stdout.strip().splitlines()

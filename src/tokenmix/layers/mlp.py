@@ -30,7 +30,7 @@ class Mlp(DualPath):
     The fast path uses oneDNN linears in float32 on CPU (``linear.py``) and, with StarReLU, runs
     ``relu(fc1(x)) ** 2`` in place and folds StarReLU's scale and bias into ``fc2``
     (:func:`fold_star_relu`) unless dropout between the layers is active. LV-ViT uses this
-    class with GELU and biases.
+    class with GELU and biases; in inference its GELU runs in place.
     """
 
     def __init__(
@@ -56,6 +56,10 @@ class Mlp(DualPath):
         if isinstance(self.act, StarReLU) and not (self.training and self.drop1.p > 0):
             h = relu_square(h, inplace=True)
             weight, bias = fold_star_relu(self.act, self.fc2)
+        elif isinstance(self.act, nn.GELU) and not (torch.is_grad_enabled() and h.requires_grad):
+            # inference: overwrite the hidden tensor instead of allocating a second one
+            h = self.drop1(torch.ops.aten.gelu_(h, approximate=self.act.approximate))
+            weight, bias = self.fc2.weight, self.fc2.bias
         else:
             h = self.drop1(self.act(h))
             weight, bias = self.fc2.weight, self.fc2.bias
