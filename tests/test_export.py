@@ -46,6 +46,19 @@ def test_onnx_matches_pytorch(name: str, tmp_path: Path) -> None:
     assert meta["tokenmix.interpolation"] == "bicubic"
 
 
+@pytest.mark.parametrize("name", ["test_dfformer", "test_gfformer"])
+def test_onnx_fft_as_matmul(name: str, tmp_path: Path) -> None:
+    """DFT matrices instead of DFT nodes: same outputs, no DFT in the graph."""
+    model = tokenmix.create_model(name, img_size=(96, 80)).eval()  # odd FFT widths
+    path = tmp_path / f"{name}.onnx"
+    report = export_model(model, path, "onnx", fft="matmul", dynamic_batch=True)
+    assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
+    assert "DFT" not in {node.op_type for node in onnx.load(str(path)).graph.node}
+    x = torch.randn(2, 3, 96, 80)
+    with torch.no_grad():
+        assert (_ort_run(path, x) - model(x)).abs().max().item() <= 1e-4
+
+
 @pytest.mark.parametrize("name", ["test_dfformer", "test_lvvit"])
 def test_pt2_archive_round_trip(name: str, tmp_path: Path) -> None:
     model = tokenmix.create_model(name).eval()
@@ -74,6 +87,8 @@ def test_bad_requests_fail_clearly(tmp_path: Path) -> None:
         export_model(model, tmp_path / "m.tflite", "tflite")
     with pytest.raises(ValueError, match="DFT"):
         export_model(model, tmp_path / "m.onnx", "onnx", opset=16)
+    with pytest.raises(ValueError, match="fft"):
+        export_model(model, tmp_path / "m.onnx", "onnx", fft="fftw")
 
 
 def test_verification_catches_a_wrong_export(

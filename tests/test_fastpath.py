@@ -27,6 +27,7 @@ from tokenmix.layers import (
 )
 from tokenmix.layers.conv import conv_bn
 from tokenmix.layers.linear import linear, onednn_linear_enabled
+from tokenmix.layers.spectral import dft_as_matmul, spectral_filter
 
 from .conftest import REFERENCE, require
 
@@ -183,6 +184,18 @@ def test_onednn_linear_forward_backward() -> None:
         assert torch.allclose(got, t.grad, atol=1e-4)
     # 4-D input (the mixers' channels-last maps) keeps its leading shape
     assert linear(torch.randn(2, 3, 5, 24), w.detach()).shape == (2, 3, 5, 11)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (6, 5), (7, 7), (8, 3), (1, 4), (3, 1)])
+def test_dft_matrices_equal_the_fft(size: tuple[int, int]) -> None:
+    """Including odd and one-point sizes, and filters that are not Hermitian (irfft2 drops the
+    imaginary parts of the zero and Nyquist columns; the matrices must too)."""
+    x = torch.randn(3, 2, *size)
+    filters = torch.randn(3, 2, size[0], size[1] // 2 + 1, 2)
+    fft = spectral_filter(x, filters, size)
+    with dft_as_matmul():
+        mm = spectral_filter(x, filters, size)
+    assert (fft - mm).abs().max().item() <= 2e-6
 
 
 def test_conv_bn_fold_in_eval_and_plain_in_training() -> None:

@@ -7,6 +7,10 @@ so the graph holds only ops the exporters translate; ``rfft2``/``irfft2`` become
 (complex ``einsum``, as in the official DFFormer code) does not export, so export always runs
 the fast path.
 
+``fft="matmul"`` writes the transforms as products with cosine/sine matrices instead
+(:mod:`tokenmix.layers.spectral`): the same function, no ``DFT`` node, and much faster in
+onnxruntime on CPU, whose ``DFT`` kernel is slow at the mixers' non-power-of-two sizes.
+
 The exported program is checked against PyTorch on a fresh random batch (onnxruntime for
 ONNX, the reloaded program for pt2); a difference above ``atol`` is an error, not a warning.
 ONNX files carry the preprocessing the model expects (input size, mean, std, interpolation,
@@ -26,8 +30,10 @@ import torch
 from torch import nn
 
 from .layers import reference_mode
+from .layers.spectral import dft_as_matmul
 
 FORMATS = ("onnx", "pt2")
+FFT_MODES = ("dft", "matmul")
 
 
 class ExportError(RuntimeError):
@@ -78,6 +84,7 @@ def export_model(
     input_size: tuple[int, int, int] | None = None,
     dynamic_batch: bool = False,
     opset: int | None = None,
+    fft: str = "dft",
     verify: bool = True,
     atol: float = 1e-4,
 ) -> ExportReport:
@@ -91,20 +98,23 @@ def export_model(
         input_size: ``(channels, height, width)``; default: the model's ``pretrained_cfg``.
         dynamic_batch: make the batch dimension symbolic (otherwise it is fixed to 1).
         opset: ONNX opset; default: the exporter's (at least 17, needed for ``DFT``).
+        fft: ``"dft"`` (FFT ops, ONNX ``DFT``) or ``"matmul"`` (DFT matrices, see above).
         verify: run the exported program on a new random batch and compare with PyTorch.
         atol: largest accepted absolute difference when verifying.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    if opset is not None and opset < 17:
-        raise ValueError(f"opset {opset} has no DFT operator; use 17 or newer")
+    if fft not in FFT_MODES:
+        raise ValueError(f"fft must be one of {FFT_MODES}, got {fft!r}")
+    if opset is not None and opset < 17 and fft == "dft":
+        raise ValueError(f"opset {opset} has no DFT operator; use 17 or newer, or fft='matmul'")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     # A symbolic batch needs an example batch > 1: torch.export specialises size-1 dimensions.
     example = _example(model, input_size, 2 if dynamic_batch else 1)
     start = time.perf_counter()
-    with reference_mode(model, enabled=False), torch.no_grad():
+    with reference_mode(model, enabled=False), dft_as_matmul(fft == "matmul"), torch.no_grad():
         if format == "onnx":
             _export_onnx(model, example, out, dynamic_batch, opset)
         else:

@@ -22,7 +22,8 @@ function with fewer passes over memory and faster kernels:
 - StarReLU in three in-place passes instead of four new tensors (``activations.star_relu``);
 - float32 linears through oneDNN on CPU (``linear.py``);
 - the spectral part laid out channels-first (``[C, B, H, W]``, which the pointwise products
-  produce and consume without a transposing copy), so the FFT runs over contiguous memory;
+  produce and consume without a transposing copy), so the FFT runs over contiguous memory
+  (``spectral.py``, which can also run the transforms as matrix products, for ONNX);
 - the per-sample filter built with one real matrix product (no complex ``einsum``, which is
   also what makes the model exportable to ONNX);
 - filters resized for a new input size cached while no gradient is needed;
@@ -45,6 +46,7 @@ from .attention import attention
 from .linear import linear
 from .mlp import Mlp
 from .reference import DualPath, official_attention
+from .spectral import spectral_filter
 
 
 def resize_complex_weight(weight: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -177,22 +179,21 @@ class DynamicFilter(_SpectralMixer):
         routing = self._routing(x).float().softmax(dim=1)  # [B, F, C]
         h = self._expand(x)  # [C, B, H, W]
         with _autocast_off(x.device):
-            spec = torch.fft.rfft2(h, norm="ortho")  # [C, B, h, w]
-            spec = spec * self._mixed_filters(routing, spec.shape[2], spec.shape[3])
-            y = torch.fft.irfft2(spec, s=(height, width), norm="ortho")
+            filters = self._mixed_filters(routing, height, width // 2 + 1)
+            y = spectral_filter(h, filters, (height, width))
         return self._project(y)
 
     def _mixed_filters(self, routing: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
-        """Each sample's filter ``sum_f routing[b, f, c] * bank[h, w, f]`` as ``[C, B, h, w]``.
+        """Each sample's filter ``sum_f routing[b, f, c] * bank[h, w, f]``: ``[C, B, h, w, 2]``.
 
-        ``[C, B, F] @ [F, h*w*2]`` gives real and imaginary parts interleaved, so the complex
-        result needs no copy.
+        ``[C, B, F] @ [F, h*w*2]`` gives real and imaginary parts interleaved, so the result is
+        a complex tensor's memory without a copy.
         """
         bank = self.filters(fh, fw)  # [h, w, F, 2]
         rows = bank.permute(2, 0, 1, 3).reshape(self.num_filters, fh * fw * 2)
         b, _, c = routing.shape
         mixed = torch.mm(routing.permute(2, 0, 1).reshape(c * b, -1), rows)  # [C*B, h*w*2]
-        return torch.view_as_complex(mixed.view(c, b, fh, fw, 2))
+        return mixed.view(c, b, fh, fw, 2)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
@@ -230,11 +231,9 @@ class GlobalFilter(_SpectralMixer):
         height, width = x.shape[1], x.shape[2]
         h = self._expand(x)  # [C, B, H, W]
         with _autocast_off(x.device):
-            spec = torch.fft.rfft2(h, norm="ortho")  # [C, B, h, w]
-            bank = self.filters(spec.shape[2], spec.shape[3])  # [h, w, C, 2]
-            # [C, 1, h, w] complex (reshaped while real: exporters handle few complex ops)
-            bank = torch.view_as_complex(bank.permute(2, 0, 1, 3).unsqueeze(1).contiguous())
-            y = torch.fft.irfft2(spec * bank, s=(height, width), norm="ortho")
+            bank = self.filters(height, width // 2 + 1)  # [h, w, C, 2]
+            bank = bank.permute(2, 0, 1, 3).unsqueeze(1).contiguous()  # [C, 1, h, w, 2]
+            y = spectral_filter(h, bank, (height, width))
         return self._project(y)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,98 @@
+"""The global filter of the FFT mixers: ``irfft2(rfft2(x) * filter)``, two ways.
+
+- FFT (default): ``torch.fft`` in float32; exported to ONNX as ``DFT`` nodes.
+- Matrix products (:func:`dft_as_matmul`): the same 2-D real DFT written as products with
+  cosine/sine matrices and real arithmetic. The feature maps are small (7 to 56 points a side
+  at 224), so the O(n^2) products cost little, and they run fast everywhere, whereas
+  onnxruntime's CPU ``DFT`` kernel is an order of magnitude slower than PyTorch's FFT at these
+  non-power-of-two sizes (measured: DFFormer-S18 at 224, 5 s vs 0.37 s a batch of 8).
+  ``tokenmix export --fft matmul`` uses it.
+
+Both compute the ``norm="ortho"`` transforms, and the inverse follows ``irfft2``: an inverse
+complex DFT over H, then a complex-to-real DFT over W that ignores the imaginary parts of the
+zero and Nyquist columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+_matmul = False
+
+
+@contextmanager
+def dft_as_matmul(enabled: bool = True) -> Iterator[None]:
+    """Compute the spectral filters with matrix products instead of FFTs while active."""
+    global _matmul
+    previous, _matmul = _matmul, enabled
+    try:
+        yield
+    finally:
+        _matmul = previous
+
+
+def spectral_filter(x: torch.Tensor, filters: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``irfft2(rfft2(x, ortho) * filters, s=size, ortho)`` over the last two dimensions.
+
+    Args:
+        x: real ``[..., H, W]`` (float32).
+        filters: ``[..., H, W // 2 + 1, 2]`` real and imaginary parts, broadcastable to the
+            spectrum.
+        size: ``(H, W)``.
+    """
+    if _matmul:
+        return _spectral_filter_matmul(x, filters, size)
+    spec = torch.fft.rfft2(x, norm="ortho")
+    return torch.fft.irfft2(spec * torch.view_as_complex(filters), s=size, norm="ortho")
+
+
+@lru_cache(maxsize=64)
+def _dft_arrays(height: int, width: int) -> tuple[np.ndarray, ...]:
+    """Cosine/sine matrices of the orthonormal 2-D real DFT and its inverse, float64.
+
+    Cached as numpy arrays, not tensors: a tensor made while ``torch.export`` traces is a fake
+    one and must not outlive the trace.
+    """
+    half = width // 2 + 1
+    angle_w = 2 * np.pi * np.outer(np.arange(width), np.arange(half)) / width  # [W, half]
+    fwd_re = np.cos(angle_w) / np.sqrt(width)  # x @ fwd_re: real part of the DFT over W
+    fwd_im = -np.sin(angle_w) / np.sqrt(width)
+    # complex-to-real over W: bins other than 0 and W/2 stand for a conjugate pair (weight 2);
+    # the imaginary parts of bins 0 and W/2 are ignored, as in irfft.
+    weight = np.full((half, 1), 2.0)
+    weight[0] = 1.0
+    if width % 2 == 0:
+        weight[-1] = 1.0
+    inv_re = weight * np.cos(angle_w.T) / np.sqrt(width)  # [half, W]
+    inv_im = -weight * np.sin(angle_w.T) / np.sqrt(width)
+    inv_im[0] = 0.0
+    if width % 2 == 0:
+        inv_im[-1] = 0.0
+    angle_h = 2 * np.pi * np.outer(np.arange(height), np.arange(height)) / height  # symmetric
+    cos_h = np.cos(angle_h) / np.sqrt(height)
+    sin_h = np.sin(angle_h) / np.sqrt(height)
+    return fwd_re, fwd_im, inv_re, inv_im, cos_h, sin_h
+
+
+def _spectral_filter_matmul(
+    x: torch.Tensor, filters: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    height, width = size
+    fwd_re, fwd_im, inv_re, inv_im, cos_h, sin_h = (
+        torch.as_tensor(m, dtype=x.dtype, device=x.device) for m in _dft_arrays(height, width)
+    )
+    # forward over W (real -> half spectrum), then over H (complex, e^{-i}): (C - iS)(a + ib)
+    a, b = x @ fwd_re, x @ fwd_im
+    re = cos_h @ a + sin_h @ b
+    im = cos_h @ b - sin_h @ a
+    f_re, f_im = filters[..., 0], filters[..., 1]
+    re, im = re * f_re - im * f_im, re * f_im + im * f_re
+    # inverse over H (e^{+i}): (C + iS)(re + i im), then complex-to-real over W
+    a = cos_h @ re - sin_h @ im
+    b = cos_h @ im + sin_h @ re
+    return a @ inv_re + b @ inv_im
