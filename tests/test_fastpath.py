@@ -128,6 +128,17 @@ def test_reference_path_reproduces_official_outputs(case: str) -> None:
     assert (out - tensors["output"]).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("name", ["test_dfformer", "test_gfformer", "test_lvvit"])
+@pytest.mark.parametrize("reference", [False, True])
+def test_compiles_without_graph_breaks(name: str, reference: bool) -> None:
+    """Both paths trace into one graph (fullgraph fails on any break); aot_eager needs no C++."""
+    model = set_reference_mode(perturbed(name).eval(), reference)
+    x = torch.randn(2, 3, 64, 64)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x), atol=1e-5)
+
+
 def test_switch_covers_every_dual_path_layer_and_restores() -> None:
     model = tokenmix.create_model("test_cdfformer")
     layers = [m for m in model.modules() if isinstance(m, DualPath)]
