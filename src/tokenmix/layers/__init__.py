@@ -2,13 +2,17 @@
 
 Every layer with a faster implementation also keeps the official operation order as a
 reference path; :func:`set_reference_mode` switches a whole model between the two.
+Process-wide switches of the fast path: :func:`set_onednn_linear` (float32 CPU linears through
+oneDNN, default on) and :func:`dft_as_matmul` (spectral filters as DFT-matrix products).
 """
 
 from .activations import SquaredReLU, StarReLU, relu_square
 from .drop import DropPath
+from .linear import set_onednn_linear
 from .mlp import Mlp, MlpHead, Scale, fold_star_relu
 from .norm import LayerNormNoBias
 from .reference import DualPath, reference_mode, set_reference_mode, uses_reference_path
+from .spectral import dft_as_matmul
 from .token_mixers import (
     TOKEN_MIXERS,
     Attention,
@@ -34,10 +38,12 @@ __all__ = [
     "SquaredReLU",
     "StarReLU",
     "create_token_mixer",
+    "dft_as_matmul",
     "fold_star_relu",
     "reference_mode",
     "relu_square",
     "resize_complex_weight",
+    "set_onednn_linear",
     "set_reference_mode",
     "uses_reference_path",
 ]
