@@ -24,3 +24,16 @@ def require(path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Reset torch.compile's caches around a test.
+
+    Dynamo caches compiled graphs per code object (``MetaFormer.forward`` is one object for
+    every model instance) and stops after 8 recompilations of one object; without a reset,
+    whether a compile test passes would depend on how many compile tests ran before it.
+    """
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

@@ -439,6 +439,7 @@ def test_token_labeling_trains_with_a_label_store(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_compile_option(tmp_path: Path) -> None:
     tiny_fit(tmp_path, "train.compile=true", "train.max_steps=2")
     assert len(train_losses(tmp_path / "run")) == 2

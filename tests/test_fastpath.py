@@ -130,6 +130,7 @@ def test_reference_path_reproduces_official_outputs(case: str) -> None:
 
 @pytest.mark.parametrize("name", ["test_dfformer", "test_gfformer", "test_lvvit"])
 @pytest.mark.parametrize("reference", [False, True])
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_compiles_without_graph_breaks(name: str, reference: bool) -> None:
     """Both paths trace into one graph (fullgraph fails on any break); aot_eager needs no C++."""
     model = set_reference_mode(perturbed(name).eval(), reference)

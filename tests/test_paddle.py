@@ -34,6 +34,14 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+def scaled_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max abs difference relative to ``max(1, max |b|)``: an intermediate such as the stem's
+    output reaches |7|, where float32 rounding of another (equally valid) accumulation order --
+    oneDNN's channels-last convolution with BatchNorm folded in -- is ~1e-5 absolute. For the
+    O(1) outputs this is the plain absolute difference."""
+    return max_diff(a, b) / max(1.0, b.abs().max().item())
+
+
 @pytest.mark.parametrize(
     "name", ["seed_dfformer_tiny", "seed_dfformer_tiny_resize", "seed_lvvit_tiny"]
 )
@@ -74,7 +82,7 @@ def test_paddle_lvvit_case() -> None:
     model = tokenmix.create_model("test_lvvit", pretrained=path).eval()
     x = ref["input"]
     with torch.no_grad():
-        assert max_diff(model.patch_embed(x), ref["patch_embed_out"]) <= 1e-5
+        assert scaled_diff(model.patch_embed(x), ref["patch_embed_out"]) <= 1e-5
         tokens = model.forward_features(x)
         assert max_diff(tokens, ref["tokens"]) <= 1e-5
         assert max_diff(model.head(tokens[:, 0]), ref["x_cls"]) <= 1e-5

@@ -113,6 +113,7 @@ def test_torch_export(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", TEST_MODELS)
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_torch_compile_without_graph_breaks(name: str) -> None:
     """fullgraph=True fails on any graph break; aot_eager keeps this fast (no C++ build)."""
     model = tokenmix.create_model(name).eval()
@@ -124,6 +125,7 @@ def test_torch_compile_without_graph_breaks(name: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TEST_MODELS)
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_torch_compile_inductor(name: str) -> None:
     model = tokenmix.create_model(name).eval()
     x = _input(model)
