@@ -9,7 +9,8 @@ Jobs (``kind``):
 
 - ``time``: ``workload`` (a :class:`~tokenmix.bench.workload.Workload` dict), ``paths``,
   ``warmup``, ``repeats`` -> median/quartile seconds per step for each path, interleaved.
-- ``memory``: ``workload``, ``path``, ``iterations`` -> peak memory growth in bytes.
+- ``memory``: ``workload``, ``path``, ``iterations`` -> peak memory growth in bytes over the
+  iterations after one warm-up step.
 - ``peak``: ``device`` -> measured matrix-product GFLOP/s per kernel and dtype.
 
 Common keys: ``threads`` (CPU threads), ``memory_limit`` (bytes, CPU address-space cap).
@@ -40,7 +41,16 @@ def _time_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _memory_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Peak growth over ``iterations`` steps after one uncounted step.
+
+    The first step of a fresh process also pays one-time costs that are not the workload's
+    memory and differ between paths only by which libraries they touch first: library code
+    faulted into the resident set, JIT-compiled oneDNN kernels, FFT plans (CUDA's allocator
+    statistic leaves these out too). Activations, workspaces and, in training, gradients and
+    optimizer state are allocated afresh by every step, so the counted steps still see them.
+    """
     prepared = Workload(**job["workload"]).prepare()
+    prepared.step(job["path"])
 
     def work() -> None:
         for _ in range(job["iterations"]):

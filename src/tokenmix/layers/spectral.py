@@ -36,6 +36,43 @@ def dft_as_matmul(enabled: bool = True) -> Iterator[None]:
         _matmul = previous
 
 
+Spectrum = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+"""A half spectrum: complex ``[..., H, W // 2 + 1]`` (FFT), or its (real, imaginary) parts."""
+
+
+def rfft2(x: torch.Tensor) -> Spectrum:
+    """Orthonormal 2-D real DFT of float32 ``[..., H, W]`` over the last two dimensions."""
+    if _matmul:
+        return _rfft2_matmul(x)
+    return torch.fft.rfft2(x, norm="ortho")
+
+
+def apply_filter(spec: Spectrum, filters: torch.Tensor) -> Spectrum:
+    """``spec * filters`` with ``filters`` = ``[..., H, W // 2 + 1, 2]`` (real, imaginary).
+
+    In inference the product overwrites ``spec``: one spectrum-sized buffer fewer at the peak of
+    the FFT mixers (their largest tensors). With autograd recording, a new tensor, since the
+    backward needs the original spectrum.
+    """
+    if isinstance(spec, tuple):
+        re, im = spec
+        f_re, f_im = filters[..., 0], filters[..., 1]
+        return re * f_re - im * f_im, re * f_im + im * f_re
+    weight = torch.view_as_complex(filters)
+    needs_grad = torch.is_grad_enabled() and (spec.requires_grad or weight.requires_grad)
+    fits = torch.broadcast_shapes(spec.shape, weight.shape) == spec.shape
+    if needs_grad or not fits or torch.compiler.is_compiling():
+        return spec * weight
+    return spec.mul_(weight)
+
+
+def irfft2(spec: Spectrum, size: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`rfft2` back to a real ``[..., H, W]`` grid of ``size``."""
+    if isinstance(spec, tuple):
+        return _irfft2_matmul(spec, size)
+    return torch.fft.irfft2(spec, s=size, norm="ortho")
+
+
 def spectral_filter(x: torch.Tensor, filters: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``irfft2(rfft2(x, ortho) * filters, s=size, ortho)`` over the last two dimensions.
 
@@ -45,10 +82,7 @@ def spectral_filter(x: torch.Tensor, filters: torch.Tensor, size: tuple[int, int
             spectrum.
         size: ``(H, W)``.
     """
-    if _matmul:
-        return _spectral_filter_matmul(x, filters, size)
-    spec = torch.fft.rfft2(x, norm="ortho")
-    return torch.fft.irfft2(spec * torch.view_as_complex(filters), s=size, norm="ortho")
+    return irfft2(apply_filter(rfft2(x), filters), size)
 
 
 @lru_cache(maxsize=64)
@@ -79,20 +113,23 @@ def _dft_arrays(height: int, width: int) -> tuple[np.ndarray, ...]:
     return fwd_re, fwd_im, inv_re, inv_im, cos_h, sin_h
 
 
-def _spectral_filter_matmul(
-    x: torch.Tensor, filters: torch.Tensor, size: tuple[int, int]
-) -> torch.Tensor:
-    height, width = size
-    fwd_re, fwd_im, inv_re, inv_im, cos_h, sin_h = (
+def _matrices(x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, ...]:
+    return tuple(
         torch.as_tensor(m, dtype=x.dtype, device=x.device) for m in _dft_arrays(height, width)
     )
-    # forward over W (real -> half spectrum), then over H (complex, e^{-i}): (C - iS)(a + ib)
+
+
+def _rfft2_matmul(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    fwd_re, fwd_im, _, _, cos_h, sin_h = _matrices(x, x.shape[-2], x.shape[-1])
+    # over W (real -> half spectrum), then over H (complex, e^{-i}): (C - iS)(a + ib)
     a, b = x @ fwd_re, x @ fwd_im
-    re = cos_h @ a + sin_h @ b
-    im = cos_h @ b - sin_h @ a
-    f_re, f_im = filters[..., 0], filters[..., 1]
-    re, im = re * f_re - im * f_im, re * f_im + im * f_re
-    # inverse over H (e^{+i}): (C + iS)(re + i im), then complex-to-real over W
+    return cos_h @ a + sin_h @ b, cos_h @ b - sin_h @ a
+
+
+def _irfft2_matmul(spec: tuple[torch.Tensor, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    re, im = spec
+    _, _, inv_re, inv_im, cos_h, sin_h = _matrices(re, *size)
+    # over H (e^{+i}): (C + iS)(re + i im), then complex-to-real over W
     a = cos_h @ re - sin_h @ im
     b = cos_h @ im + sin_h @ re
     return a @ inv_re + b @ inv_im

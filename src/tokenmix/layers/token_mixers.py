@@ -46,7 +46,7 @@ from .attention import attention
 from .linear import linear
 from .mlp import Mlp
 from .reference import DualPath, official_attention
-from .spectral import spectral_filter
+from .spectral import Spectrum, apply_filter, irfft2, rfft2
 
 
 def resize_complex_weight(weight: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -120,6 +120,16 @@ class _SpectralMixer(DualPath):
         h = star_relu(h, self.act1.scale, self.act1.bias, inplace=h.dtype == torch.float32)
         return h.float().view(-1, b, height, width)
 
+    def _spectrum(self, x: torch.Tensor) -> Spectrum:
+        """``rfft2`` of the expanded input, ``[C_med, B, H, W // 2 + 1]``.
+
+        The expanded activation lives only inside this call, so it is freed as soon as its
+        spectrum exists (the caller never holds it).
+        """
+        h = self._expand(x)
+        with _autocast_off(x.device):
+            return rfft2(h)
+
     def _project(self, y: torch.Tensor) -> torch.Tensor:
         """``pwconv2(act2(y))`` for ``y`` = ``[C_med, B, H, W]``, as ``[B, H, W, C]``."""
         c, b, height, width = y.shape
@@ -177,10 +187,11 @@ class DynamicFilter(_SpectralMixer):
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[1], x.shape[2]
         routing = self._routing(x).float().softmax(dim=1)  # [B, F, C]
-        h = self._expand(x)  # [C, B, H, W]
+        spec = self._spectrum(x)  # [C, B, H, W // 2 + 1]
         with _autocast_off(x.device):
-            filters = self._mixed_filters(routing, height, width // 2 + 1)
-            y = spectral_filter(h, filters, (height, width))
+            spec = apply_filter(spec, self._mixed_filters(routing, height, width // 2 + 1))
+            y = irfft2(spec, (height, width))
+        del spec  # the largest tensors of the block: release before the projection
         return self._project(y)
 
     def _mixed_filters(self, routing: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
@@ -229,11 +240,12 @@ class GlobalFilter(_SpectralMixer):
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[1], x.shape[2]
-        h = self._expand(x)  # [C, B, H, W]
+        spec = self._spectrum(x)  # [C, B, H, W // 2 + 1]
         with _autocast_off(x.device):
             bank = self.filters(height, width // 2 + 1)  # [h, w, C, 2]
             bank = bank.permute(2, 0, 1, 3).unsqueeze(1).contiguous()  # [C, 1, h, w, 2]
-            y = spectral_filter(h, bank, (height, width))
+            y = irfft2(apply_filter(spec, bank), (height, width))
+        del spec
         return self._project(y)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
