@@ -27,6 +27,7 @@ from tokenmix.layers import (
 )
 from tokenmix.layers.conv import conv_bn
 from tokenmix.layers.linear import linear, onednn_linear_enabled
+from tokenmix.layers import spectral
 from tokenmix.layers.spectral import dft_as_matmul, spectral_filter
 
 from .conftest import REFERENCE, require
@@ -198,16 +199,41 @@ def test_onednn_linear_forward_backward() -> None:
     assert linear(torch.randn(2, 3, 5, 24), w.detach()).shape == (2, 3, 5, 11)
 
 
-@pytest.mark.parametrize("size", [(16, 16), (6, 5), (7, 7), (8, 3), (1, 4), (3, 1)])
-def test_dft_matrices_equal_the_fft(size: tuple[int, int]) -> None:
-    """Including odd and one-point sizes, and filters that are not Hermitian (irfft2 drops the
-    imaginary parts of the zero and Nyquist columns; the matrices must too)."""
+@pytest.mark.parametrize("size", [(16, 16), (6, 5), (7, 7), (8, 3), (1, 4), (3, 1), (20, 18)])
+def test_spectral_filter_implementations_equal_the_fft(
+    size: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FFT, dense 2-D DFT matrix (small maps) and separable DFT matrices (export) against
+    ``irfft2(rfft2(x) * f)`` in float64. Includes odd and one-point sizes, and filters that are
+    not Hermitian (irfft2 drops the imaginary parts of the zero and Nyquist columns; the
+    matrices must too). (20, 18) is above the dense threshold, so the default is the FFT."""
     x = torch.randn(3, 2, *size)
     filters = torch.randn(3, 2, size[0], size[1] // 2 + 1, 2)
+    spec = torch.fft.rfft2(x.double(), norm="ortho") * torch.view_as_complex(filters.double())
+    expected = torch.fft.irfft2(spec, s=size, norm="ortho").float()
+    default = spectral_filter(x, filters, size)
+    monkeypatch.setattr(spectral, "DENSE_MAX_POINTS", 0)
     fft = spectral_filter(x, filters, size)
     with dft_as_matmul():
-        mm = spectral_filter(x, filters, size)
-    assert (fft - mm).abs().max().item() <= 2e-6
+        separable = spectral_filter(x, filters, size)
+    for got in (default, fft, separable):
+        assert (got - expected).abs().max().item() <= 4e-6
+
+
+def test_dense_dft_in_training_and_inference_agree() -> None:
+    """The dense path's gradients equal the FFT's, and inference (in place) the training result."""
+    x = torch.randn(4, 2, 7, 7, requires_grad=True)
+    filters = torch.randn(4, 2, 7, 4, 2, requires_grad=True)
+    out = spectral_filter(x, filters, (7, 7))
+    grads = torch.autograd.grad(out.square().sum(), (x, filters))
+    with torch.no_grad():
+        assert torch.equal(spectral_filter(x, filters, (7, 7)), out)
+    x64, f64 = (t.detach().double().requires_grad_() for t in (x, filters))
+    spec = torch.fft.rfft2(x64, norm="ortho") * torch.view_as_complex(f64)
+    ref = torch.fft.irfft2(spec, s=(7, 7), norm="ortho")
+    ref_grads = torch.autograd.grad(ref.square().sum(), (x64, f64))
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert (got.double() - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
 
 
 def test_conv_bn_fold_in_eval_and_plain_in_training() -> None:

@@ -107,3 +107,41 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         out = _OneDnnLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
         return out.view(*x.shape[:-1], out.shape[-1])
     return _OP(x, weight, bias, "none", [], "")
+
+
+def _fusable(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+    """The dtype a fused oneDNN ``linear + relu`` would run in, or None where it does not apply.
+
+    Inference only (the fused op has no backward), on CPU, outside compilation, in float32 with
+    the oneDNN dispatch on, or in bf16 under CPU autocast (where ``F.linear`` would run bf16).
+    """
+    if (
+        _OP is None
+        or x.device.type != "cpu"
+        or torch.compiler.is_compiling()
+        or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    ):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        return dtype if dtype == torch.bfloat16 else None
+    return torch.float32 if _enabled and x.dtype == weight.dtype == torch.float32 else None
+
+
+def linear_relu(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``relu(F.linear(x, weight, bias))`` for 2-D ``x``; in inference on CPU one oneDNN op.
+
+    oneDNN applies the ReLU to the product's output tile while it is still in cache (a
+    "post-op"), which saves a full pass over the output; measured on 2 cores for the first
+    MetaFormer stage ([25088, 64] x [64, 256]): 1.8x faster in bf16, ~7% in float32. The
+    output is a fresh tensor the caller may overwrite. Elsewhere (training, other devices,
+    compilation) it is the two ops.
+    """
+    dtype = _fusable(x, weight)
+    if dtype is None:
+        return F.relu(linear(x, weight, bias))
+    cast = (lambda t: t) if dtype == torch.float32 else (lambda t: t.to(dtype))
+    with torch.autocast("cpu", enabled=False):
+        return _OP(cast(x), cast(weight), None if bias is None else cast(bias), "relu", [], "")

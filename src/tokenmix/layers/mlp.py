@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .activations import SquaredReLU, StarReLU, relu_square
-from .linear import linear
+from .linear import linear, linear_relu
 from .reference import DualPath
 
 
@@ -52,8 +52,13 @@ class Mlp(DualPath):
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # 2-D, so the hidden tensor is no view: in place is safe
+        star = isinstance(self.act, StarReLU) and not (self.training and self.drop1.p > 0)
+        if star and not (torch.is_grad_enabled() and rows.requires_grad):
+            h = linear_relu(rows, self.fc1.weight, self.fc1.bias).square_()  # relu fused in
+            weight, bias = fold_star_relu(self.act, self.fc2)
+            return self.drop2(linear(h, weight, bias).view(*x.shape[:-1], -1))
         h = linear(rows, self.fc1.weight, self.fc1.bias)
-        if isinstance(self.act, StarReLU) and not (self.training and self.drop1.p > 0):
+        if star:
             h = relu_square(h, inplace=True)
             weight, bias = fold_star_relu(self.act, self.fc2)
         elif isinstance(self.act, nn.GELU) and not (torch.is_grad_enabled() and h.requires_grad):

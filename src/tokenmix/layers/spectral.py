@@ -24,6 +24,10 @@ import torch
 
 _matmul = False
 
+DENSE_MAX_POINTS = 256
+"""Maps of at most this many points (DFFormer's 14x14 and 7x7 stages at 224) are transformed
+with one dense matrix product each way instead of an FFT (see :func:`_dense_matrices`)."""
+
 
 @contextmanager
 def dft_as_matmul(enabled: bool = True) -> Iterator[None]:
@@ -40,10 +44,19 @@ Spectrum = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 """A half spectrum: complex ``[..., H, W // 2 + 1]`` (FFT), or its (real, imaginary) parts."""
 
 
+def _use_dense(height: int, width: int) -> bool:
+    return height * width <= DENSE_MAX_POINTS and not torch.compiler.is_compiling()
+
+
 def rfft2(x: torch.Tensor) -> Spectrum:
     """Orthonormal 2-D real DFT of float32 ``[..., H, W]`` over the last two dimensions."""
     if _matmul:
         return _rfft2_matmul(x)
+    height, width = x.shape[-2:]
+    if _use_dense(height, width):
+        forward, _ = _dense_matrices(height, width, x.device)
+        spec = x.reshape(-1, height * width) @ forward  # [N, H * (W//2+1) * 2], (re, im) pairs
+        return torch.view_as_complex(spec.view(*x.shape[:-2], height, width // 2 + 1, 2))
     return torch.fft.rfft2(x, norm="ortho")
 
 
@@ -70,6 +83,11 @@ def irfft2(spec: Spectrum, size: tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`rfft2` back to a real ``[..., H, W]`` grid of ``size``."""
     if isinstance(spec, tuple):
         return _irfft2_matmul(spec, size)
+    height, width = size
+    if _use_dense(height, width):
+        _, inverse = _dense_matrices(height, width, spec.device)
+        rows = torch.view_as_real(spec).reshape(-1, inverse.shape[0])
+        return (rows @ inverse).view(*spec.shape[:-2], height, width)
     return torch.fft.irfft2(spec, s=size, norm="ortho")
 
 
@@ -111,6 +129,33 @@ def _dft_arrays(height: int, width: int) -> tuple[np.ndarray, ...]:
     cos_h = np.cos(angle_h) / np.sqrt(height)
     sin_h = np.sin(angle_h) / np.sqrt(height)
     return fwd_re, fwd_im, inv_re, inv_im, cos_h, sin_h
+
+
+@lru_cache(maxsize=32)
+def _dense_matrices(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The whole orthonormal 2-D real DFT of an ``H x W`` map as one matrix, and its inverse.
+
+    Forward ``[H*W, H*(W//2+1)*2]`` maps a flattened map to its half spectrum with real and
+    imaginary parts interleaved, i.e. the memory of a complex tensor; inverse
+    ``[H*(W//2+1)*2, H*W]`` is ``irfft2`` (imaginary parts of the self-conjugate bins ignored).
+    Built in float64 by transforming the identity, stored as float32.
+
+    Why: the FFT mixers run thousands of tiny 2-D transforms (C_med x batch maps of 14x14 or
+    7x7), where batched FFT libraries spend their time on per-transform overhead and the
+    layout copies of the 2-D c2r, while these products are large, dense GEMMs
+    (measured on 2 cores for 5120 maps of 14x14 / 8192 of 7x7: ~1.1x / ~6x faster than
+    ``rfft2`` + ``irfft2``). Their cost grows with the square of the map size, so larger maps
+    keep the FFT. Not used while compiling or exporting (complex views), where the FFT is traced.
+    """
+    half = width // 2 + 1
+    eye = torch.eye(height * width, dtype=torch.float64).view(-1, height, width)
+    forward = torch.view_as_real(torch.fft.rfft2(eye, norm="ortho")).reshape(height * width, -1)
+    basis = torch.eye(height * half * 2, dtype=torch.float64).view(-1, height, half, 2)
+    inverse = torch.fft.irfft2(torch.view_as_complex(basis), s=(height, width), norm="ortho")
+    return (
+        forward.to(device=device, dtype=torch.float32).contiguous(),
+        inverse.reshape(height * half * 2, height * width).to(device=device, dtype=torch.float32),
+    )
 
 
 def _matrices(x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, ...]:

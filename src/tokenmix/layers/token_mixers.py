@@ -43,7 +43,7 @@ from torch import nn
 
 from .activations import StarReLU, star_relu
 from .attention import attention
-from .linear import linear
+from .linear import linear, linear_relu
 from .mlp import Mlp
 from .reference import DualPath, official_attention
 from .spectral import Spectrum, apply_filter, irfft2, rfft2
@@ -114,10 +114,17 @@ class _SpectralMixer(DualPath):
         activations play the weight (``W x^T`` instead of ``x W^T``).
         """
         b, height, width, c = x.shape
-        h = linear(self.pwconv1.weight, x.reshape(b * height * width, c))  # [C_med, B*H*W]
+        rows = x.reshape(b * height * width, c)
+        act = self.act1
+        if self.pwconv1.bias is None and not (torch.is_grad_enabled() and x.requires_grad):
+            # inference: relu fused into the product, then s * r^2 + b as one float32 pass
+            r = linear_relu(self.pwconv1.weight, rows).square_()  # [C_med, B*H*W]
+            out = r if r.dtype == torch.float32 else None
+            return torch.addcmul(act.bias, r, act.scale, out=out).view(-1, b, height, width)
+        h = linear(self.pwconv1.weight, rows)  # [C_med, B*H*W]
         if self.pwconv1.bias is not None:
             h = h + self.pwconv1.bias[:, None].to(h.dtype)
-        h = star_relu(h, self.act1.scale, self.act1.bias, inplace=h.dtype == torch.float32)
+        h = star_relu(h, act.scale, act.bias, inplace=h.dtype == torch.float32)
         return h.float().view(-1, b, height, width)
 
     def _spectrum(self, x: torch.Tensor) -> Spectrum:
@@ -280,8 +287,13 @@ class SepConv(DualPath):
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         b, height, width, c = x.shape
-        x = linear(x.reshape(-1, c), self.pwconv1.weight, self.pwconv1.bias)
-        x = star_relu(x, self.act1.scale, self.act1.bias, inplace=True)
+        rows = x.reshape(-1, c)
+        if torch.is_grad_enabled() and x.requires_grad:
+            x = linear(rows, self.pwconv1.weight, self.pwconv1.bias)
+            x = star_relu(x, self.act1.scale, self.act1.bias, inplace=True)
+        else:  # inference: relu fused into the product; the affine part in place
+            x = linear_relu(rows, self.pwconv1.weight, self.pwconv1.bias).square_()
+            x = torch.addcmul(self.act1.bias, x, self.act1.scale, out=x)
         x = self.dwconv(x.view(b, height, width, -1).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return linear(self.act2(x), self.pwconv2.weight, self.pwconv2.bias)
 
