@@ -23,11 +23,11 @@ from tokenmix.layers import (
     reference_mode,
     relu_square,
     set_reference_mode,
+    spectral,
     uses_reference_path,
 )
 from tokenmix.layers.conv import conv_bn
 from tokenmix.layers.linear import linear, onednn_linear_enabled
-from tokenmix.layers import spectral
 from tokenmix.layers.spectral import dft_as_matmul, spectral_filter
 
 from .conftest import REFERENCE, require
