@@ -137,6 +137,44 @@ class _SpectralMixer(DualPath):
         with _autocast_off(x.device):
             return rfft2(h)
 
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        # one expression, so no frame keeps the (largest) spectrum alive past its last use
+        return self._inverse(self._filtered(x), (x.shape[1], x.shape[2]))
+
+    def _filtered(self, x: torch.Tensor) -> Spectrum:
+        """The filtered spectrum ``rfft2(act1(pwconv1(x))) * filter``, ``[C_med, B, H, W//2+1]``."""
+        raise NotImplementedError
+
+    def _inverse(self, spec: Spectrum, size: tuple[int, int]) -> torch.Tensor:
+        """``pwconv2(act2(irfft2(spec)))`` for ``spec`` = ``[C_med, B, H, W // 2 + 1]``, as
+        ``[B, H, W, C]``.
+
+        ``act2`` is the identity in DFFormer and GFFormer, and the inverse DFT (per channel)
+        and ``pwconv2`` (per position) are both linear, so they commute: projecting the
+        spectrum first runs the inverse transform -- the costliest step of the mixer -- on
+        ``C`` channels instead of ``C_med = 2C``, and the product reads the spectrum in its own
+        layout, with no transposing copy. The result is a permuted view of ``[C, B, H, W]``.
+        """
+        if isinstance(spec, tuple) or not isinstance(self.act2, nn.Identity):
+            with _autocast_off(self.pwconv2.weight.device):
+                y = irfft2(spec, size)
+            return self._project(y)
+        c, b, fh, fw = spec.shape
+        weight = self.pwconv2.weight
+        flat = torch.view_as_real(spec).view(c, -1)  # [C_med, B*fh*fw*2]: (re, im) pairs
+        if torch.is_autocast_enabled(flat.device.type):
+            mixed = torch.mm(weight, flat)  # autocast dtype; real weights act on re and im alike
+        else:
+            mixed = linear(weight, flat.t())  # W @ flat through oneDNN on CPU
+        del spec, flat
+        mixed = mixed.float().view(-1, b, fh, fw, 2)
+        with _autocast_off(mixed.device):
+            y = irfft2(torch.view_as_complex(mixed), size)  # [C, B, H, W]
+        out = y.permute(1, 2, 3, 0)
+        if self.pwconv2.bias is not None:
+            out = out + self.pwconv2.bias.to(out.dtype)
+        return out
+
     def _project(self, y: torch.Tensor) -> torch.Tensor:
         """``pwconv2(act2(y))`` for ``y`` = ``[C_med, B, H, W]``, as ``[B, H, W, C]``."""
         c, b, height, width = y.shape
@@ -191,15 +229,12 @@ class DynamicFilter(_SpectralMixer):
         """Softmax over the filters, per sample and expanded channel: ``[B, F, C_med]``."""
         return self.reweight(x.mean(dim=(1, 2))).view(x.shape[0], self.num_filters, -1)
 
-    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+    def _filtered(self, x: torch.Tensor) -> Spectrum:
         height, width = x.shape[1], x.shape[2]
         routing = self._routing(x).float().softmax(dim=1)  # [B, F, C]
         spec = self._spectrum(x)  # [C, B, H, W // 2 + 1]
         with _autocast_off(x.device):
-            spec = apply_filter(spec, self._mixed_filters(routing, height, width // 2 + 1))
-            y = irfft2(spec, (height, width))
-        del spec  # the largest tensors of the block: release before the projection
-        return self._project(y)
+            return apply_filter(spec, self._mixed_filters(routing, height, width // 2 + 1))
 
     def _mixed_filters(self, routing: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
         """Each sample's filter ``sum_f routing[b, f, c] * bank[h, w, f]``: ``[C, B, h, w, 2]``.
@@ -245,15 +280,13 @@ class GlobalFilter(_SpectralMixer):
         self.act2 = nn.Identity()
         self.pwconv2 = nn.Linear(self.med_channels, dim, bias=bias)
 
-    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+    def _filtered(self, x: torch.Tensor) -> Spectrum:
         height, width = x.shape[1], x.shape[2]
         spec = self._spectrum(x)  # [C, B, H, W // 2 + 1]
         with _autocast_off(x.device):
             bank = self.filters(height, width // 2 + 1)  # [h, w, C, 2]
             bank = bank.permute(2, 0, 1, 3).unsqueeze(1).contiguous()  # [C, 1, h, w, 2]
-            y = irfft2(apply_filter(spec, bank), (height, width))
-        del spec
-        return self._project(y)
+            return apply_filter(spec, bank)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pwconv1(x)
