@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..layers.linear import set_onednn_linear
-from ..layers.spectral import fft_always
+from ..layers.reference import reference_mode
 
 aten = torch.ops.aten
 
@@ -100,11 +100,13 @@ def count_macs(
     counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM)
     was_training = model.training
     model.eval()
-    # oneDNN's linear op has no formula: count the same products as aten matmuls. The FFT
-    # mixers' dense-DFT shortcut for small maps is an implementation choice: count the FFTs.
+    # The count is of the official computation (the reference path): the fast path's
+    # reorderings (the projection moved before the inverse FFT, dense DFTs for small maps) are
+    # implementation choices and must not change a model's GMACs. oneDNN's linear op has no
+    # formula: count the same products as aten matmuls.
     onednn = set_onednn_linear(False)
     try:
-        with counter, torch.no_grad(), fft_always():
+        with counter, torch.no_grad(), reference_mode(model):
             model(x)
     finally:
         set_onednn_linear(onednn)

@@ -44,23 +44,8 @@ Spectrum = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 """A half spectrum: complex ``[..., H, W // 2 + 1]`` (FFT), or its (real, imaginary) parts."""
 
 
-_dense = True
-
-
-@contextmanager
-def fft_always() -> Iterator[None]:
-    """Use the FFT for every map size while active (no dense-matrix shortcut), e.g. to count
-    the FFTs' flops or to time the FFT itself."""
-    global _dense
-    previous, _dense = _dense, False
-    try:
-        yield
-    finally:
-        _dense = previous
-
-
 def _use_dense(height: int, width: int) -> bool:
-    return _dense and height * width <= DENSE_MAX_POINTS and not torch.compiler.is_compiling()
+    return height * width <= DENSE_MAX_POINTS and not torch.compiler.is_compiling()
 
 
 def rfft2(x: torch.Tensor) -> Spectrum:

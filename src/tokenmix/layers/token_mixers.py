@@ -69,9 +69,12 @@ def _filter_grid(size: tuple[int, int]) -> tuple[int, int]:
     return size[0], size[1] // 2 + 1
 
 
+def _autocast_kind(device: torch.device) -> str:
+    return device.type if device.type in ("cuda", "xpu", "mps") else "cpu"
+
+
 def _autocast_off(device: torch.device) -> torch.autocast:
-    kind = device.type if device.type in ("cuda", "xpu", "mps") else "cpu"
-    return torch.autocast(device_type=kind, enabled=False)
+    return torch.autocast(device_type=_autocast_kind(device), enabled=False)
 
 
 class _SpectralMixer(DualPath):
@@ -162,7 +165,7 @@ class _SpectralMixer(DualPath):
         c, b, fh, fw = spec.shape
         weight = self.pwconv2.weight
         flat = torch.view_as_real(spec).view(c, -1)  # [C_med, B*fh*fw*2]: (re, im) pairs
-        if torch.is_autocast_enabled(flat.device.type):
+        if torch.is_autocast_enabled(_autocast_kind(flat.device)):
             mixed = torch.mm(weight, flat)  # autocast dtype; real weights act on re and im alike
         else:
             mixed = linear(weight, flat.t())  # W @ flat through oneDNN on CPU

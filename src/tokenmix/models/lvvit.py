@@ -248,11 +248,14 @@ class Attention(DualPath):
         return self.proj_drop(self.proj(x))
 
 
-class Block(nn.Module):
+class Block(DualPath):
     """Pre-norm transformer block; each residual branch is divided by ``skip_lam``.
 
     Dividing the branches keeps the residual stream dominant in deep, wide models (the
-    paper's "re-scaling residual connection"); LV-ViT-S/M use 2, LV-ViT-L 3.
+    paper's "re-scaling residual connection"); LV-ViT-S/M use 2, LV-ViT-L 3. The fast path
+    adds ``branch * (1 / skip_lam)`` in the same pass as the sum (``torch.add(alpha=)``); the
+    reference path divides first, as the official code (bit-identical for 1 and 2, within one
+    rounding for 3).
     """
 
     def __init__(
@@ -278,7 +281,12 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, mlp_ratio, drop_rate=drop_rate, act_layer=nn.GELU, bias=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = 1.0 / self.skip_lam
+        x = torch.add(x, self.drop_path(self.attn(self.norm1(x))), alpha=alpha)
+        return torch.add(x, self.drop_path(self.mlp(self.norm2(x))), alpha=alpha)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x))) / self.skip_lam
         return x + self.drop_path(self.mlp(self.norm2(x))) / self.skip_lam
 
