@@ -17,7 +17,6 @@ import csv
 import datetime as dt
 import json
 import os
-import platform
 import tempfile
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import onnxruntime as ort
 import torch
 
 from tokenmix import create_model
+from tokenmix.bench.suite import cpu_model
 from tokenmix.bench.timing import interleaved_timings
 from tokenmix.export import export_model
 
@@ -95,7 +95,7 @@ def main() -> int:
             print(row, flush=True)
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "threads": args.threads,

@@ -26,7 +26,7 @@ from tokenmix.layers import (
     spectral,
     uses_reference_path,
 )
-from tokenmix.layers.conv import conv_bn
+from tokenmix.layers.conv import conv_bn, conv_bn_relu
 from tokenmix.layers.linear import linear, onednn_linear_enabled
 from tokenmix.layers.spectral import dft_as_matmul, spectral_filter
 
@@ -253,6 +253,24 @@ def test_conv_bn_fold_in_eval_and_plain_in_training() -> None:
     assert not torch.equal(bn.running_mean, stats)
     bn.running_mean.copy_(stats)
     assert torch.allclose(out, bn(conv(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(7, 2), (3, 1)])
+def test_conv_bn_relu_fused_in_inference_equals_the_three_ops(kernel: int, stride: int) -> None:
+    conv = torch.nn.Conv2d(3, 8, kernel, stride=stride, padding=kernel // 2, bias=False)
+    bn = torch.nn.BatchNorm2d(8).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    x = torch.randn(2, 3, 17, 16).contiguous(memory_format=torch.channels_last)
+    expected = F.relu(bn(conv(x)))
+    with torch.no_grad():  # the fused oneDNN op
+        assert torch.allclose(conv_bn_relu(conv, bn, x), expected, atol=1e-5)
+    # with autograd: the unfused ops, gradients reach the convolution
+    conv_bn_relu(conv, bn, x).sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
 
 
 def test_resized_filter_cache_follows_weight_updates() -> None:

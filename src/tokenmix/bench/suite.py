@@ -115,7 +115,8 @@ class SuiteResult:
     rows: list[BenchRow] = field(default_factory=list)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (platform.processor() is empty on Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -133,7 +134,7 @@ def machine_info(config: SuiteConfig) -> dict[str, Any]:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "hostname": platform.node(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -19,8 +19,13 @@ Two paths compute each mixer (see :mod:`tokenmix.layers.reference`): ``forward_r
 follows the official code line by line; ``forward_fast`` (the default) computes the same
 function with fewer passes over memory and faster kernels:
 
-- StarReLU in three in-place passes instead of four new tensors (``activations.star_relu``);
+- StarReLU in three in-place passes instead of four new tensors (``activations.star_relu``),
+  in inference with the ReLU fused into the preceding oneDNN linear (``linear.linear_relu``);
 - float32 linears through oneDNN on CPU (``linear.py``);
+- ``pwconv2`` applied to the filtered spectrum before the inverse transform (both linear, so
+  they commute): the inverse FFT runs on ``C`` channels instead of ``2C`` (``_inverse``);
+- small maps (14x14, 7x7) transformed by one dense DFT matrix product each way, the filter
+  product done in place in inference (``spectral.py``);
 - the spectral part laid out channels-first (``[C, B, H, W]``, which the pointwise products
   produce and consume without a transposing copy), so the FFT runs over contiguous memory
   (``spectral.py``, which can also run the transforms as matrix products, for ONNX);

@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, DualPath, Mlp
 from ..layers.attention import attention
-from ..layers.conv import conv_bn
+from ..layers.conv import conv_bn_relu
 from ..layers.linear import linear
 from ..layers.reference import official_attention_query_scaled
 from .checkpoint import CheckpointError
@@ -164,7 +164,8 @@ class ConvStem(DualPath):
     ``patch_size // 2`` strided projection. Output ``[B, embed_dim, H/16, W/16]`` (NCHW).
 
     The fast path runs channels-last in inference and folds each BatchNorm into its
-    convolution in eval mode (``tokenmix.layers.conv.conv_bn``)."""
+    convolution in eval mode, with the ReLU fused in CPU inference
+    (``tokenmix.layers.conv.conv_bn_relu``)."""
 
     def __init__(self, in_chans: int, embed_dim: int, patch_size: int, stem_chs: int) -> None:
         super().__init__()
@@ -188,9 +189,9 @@ class ConvStem(DualPath):
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():  # inference: channels-last convolutions skip oneDNN's
             x = x.contiguous(memory_format=torch.channels_last)  # reorders: 2x faster, less memory
-        x = self.act(conv_bn(self.conv1, self.bn1, x))
-        x = self.act(conv_bn(self.conv2, self.bn2, x))
-        x = self.act(conv_bn(self.conv3, self.bn3, x))
+        x = conv_bn_relu(self.conv1, self.bn1, x)
+        x = conv_bn_relu(self.conv2, self.bn2, x)
+        x = conv_bn_relu(self.conv3, self.bn3, x)
         return self.proj(x)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
