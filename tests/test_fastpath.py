@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 import tokenmix
 from tokenmix.layers import (
     DualPath,
+    Mlp,
     StarReLU,
+    create_token_mixer,
     fold_star_relu,
     reference_mode,
     relu_square,
@@ -271,6 +273,24 @@ def test_conv_bn_relu_fused_in_inference_equals_the_three_ops(kernel: int, strid
     # with autograd: the unfused ops, gradients reach the convolution
     conv_bn_relu(conv, bn, x).sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["mlp", "sepconv", "dynamic_filter", "global_filter"])
+def test_weights_train_when_the_input_needs_no_gradient(kind: str) -> None:
+    """Frozen earlier layers: the input needs no gradient but this layer's weights do, so the
+    inference shortcuts (fused ReLU, in-place passes) must not run; gradients equal the
+    reference path's."""
+    torch.manual_seed(0)
+    layer = Mlp(16) if kind == "mlp" else create_token_mixer(kind, 16, (6, 6))
+    x = torch.randn(2, 6, 6, 16)
+    grads = []
+    for reference in (False, True):
+        set_reference_mode(layer, reference)
+        layer.zero_grad()
+        layer(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in layer.parameters()])
+    for fast, ref in zip(*grads, strict=True):
+        assert torch.allclose(fast, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_resized_filter_cache_follows_weight_updates() -> None:

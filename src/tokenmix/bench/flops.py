@@ -82,7 +82,6 @@ _CUSTOM = {
     aten._fft_r2c: _r2c,
     aten._fft_c2r: _c2r,
     aten.mul: _mul,
-    aten.mul_: _mul,  # the spectral product runs in place in inference
     aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
 }
 

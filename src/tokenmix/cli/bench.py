@@ -2,8 +2,8 @@
 
 Each (model, resolution, path) is measured in a fresh worker process: peak memory first, over
 steps after one uncounted warm-up step (CUDA: max allocated; CPU: peak resident-set growth),
-then the paths timed interleaved on the same
-weights (warm-up, then the median of repeated device-synchronised runs). The reference path
+then the paths timed interleaved on the same weights (warm-up, then the median of repeated
+device-synchronised runs). The reference path
 is every layer in the official operation order (tokenmix.layers.set_reference_mode), so
 "speedup" is the fast path's throughput over the official implementation's, measured in one
 run. A size that runs out of memory is reported as OOM. Results go to

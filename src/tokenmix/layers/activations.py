@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import linear, linear_relu, records_grad
 from .reference import DualPath, official_star_relu
 
 
@@ -73,9 +74,33 @@ def star_relu(
             float32 ``addcmul``), otherwise it is float32 like the official layer's.
     """
     r = relu_square(x, inplace=inplace)
-    if inplace and not (torch.is_grad_enabled() and r.requires_grad):
+    if inplace and not records_grad(r, scale, bias):
         return torch.addcmul(bias, r, scale, out=r)
     return torch.addcmul(bias, r, scale)
+
+
+def linear_star_relu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    act: StarReLU,
+    *,
+    float32_out: bool = False,
+) -> torch.Tensor:
+    """``act(F.linear(x, weight, bias))`` for 2-D ``x``, the first half of every StarReLU MLP
+    and mixer expansion.
+
+    Without autograd the ReLU is fused into the oneDNN product (``linear_relu``) and the square
+    and the affine part run in place: one pass each over the output. With ``float32_out`` the
+    affine pass writes float32 when the product ran in bf16 (the official layer's type
+    promotion, which the FFT mixers need), otherwise it keeps the product's dtype. With
+    autograd: the product, then :func:`star_relu` (float32, like the official layer's).
+    """
+    if records_grad(x, weight, bias, act.scale, act.bias):
+        return star_relu(linear(x, weight, bias), act.scale, act.bias, inplace=True)
+    r = linear_relu(x, weight, bias).square_()
+    out = None if float32_out and r.dtype != torch.float32 else r
+    return torch.addcmul(act.bias, r, act.scale, out=out)
 
 
 class StarReLU(DualPath):

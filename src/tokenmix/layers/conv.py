@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import records_grad
+
 _CONV_POINTWISE = (
     getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
     if torch.backends.mkldnn.is_available()
@@ -32,7 +34,7 @@ def conv_bn_relu(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.
         and isinstance(conv.padding, tuple)
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
-        and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
+        and not records_grad(x, conv.weight, conv.bias, bn.weight, bn.bias)
     )
     if not fusable:
         return F.relu(conv_bn(conv, bn, x), inplace=True)

@@ -93,6 +93,14 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
+def records_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records an op on ``tensors``: the test every inference-only shortcut
+    (in-place overwrites, fused ops without a backward) must pass first. Checking the input
+    alone is not enough: with frozen earlier layers the input needs no gradient while this
+    layer's weights do."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, through oneDNN for float32 on CPU (see the module doc).
 
@@ -101,15 +109,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """
     if not _use_onednn(x, weight):
         return F.linear(x, weight, bias)
-    if torch.is_grad_enabled() and (
-        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    ):
+    if records_grad(x, weight, bias):
         out = _OneDnnLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
         return out.view(*x.shape[:-1], out.shape[-1])
     return _OP(x, weight, bias, "none", [], "")
 
 
-def _fusable(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+def _fusable(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.dtype | None:
     """The dtype a fused oneDNN ``linear + relu`` would run in, or None where it does not apply.
 
     Inference only (the fused op has no backward), on CPU, outside compilation, in float32 with
@@ -119,7 +127,7 @@ def _fusable(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
         _OP is None
         or x.device.type != "cpu"
         or torch.compiler.is_compiling()
-        or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        or records_grad(x, weight, bias)
     ):
         return None
     if torch.is_autocast_enabled("cpu"):
@@ -135,11 +143,11 @@ def linear_relu(
 
     oneDNN applies the ReLU to the product's output tile while it is still in cache (a
     "post-op"), which saves a full pass over the output; measured on 2 cores for the first
-    MetaFormer stage ([25088, 64] x [64, 256]): 1.8x faster in bf16, ~7% in float32. The
-    output is a fresh tensor the caller may overwrite. Elsewhere (training, other devices,
-    compilation) it is the two ops.
+    MetaFormer stage ([25088, 64] x [64, 256]): 1.8x faster in bf16, ~7% in float32.
+    Elsewhere (autograd recording, other devices, compilation) it is the two ops. The output
+    is a fresh tensor; overwrite it in place only when :func:`records_grad` is false.
     """
-    dtype = _fusable(x, weight)
+    dtype = _fusable(x, weight, bias)
     if dtype is None:
         return F.relu(linear(x, weight, bias))
     cast = (lambda t: t) if dtype == torch.float32 else (lambda t: t.to(dtype))

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .activations import SquaredReLU, StarReLU, relu_square
-from .linear import linear, linear_relu
+from .linear import linear, linear_relu, records_grad
 from .reference import DualPath
 
 
@@ -53,7 +53,7 @@ class Mlp(DualPath):
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # 2-D, so the hidden tensor is no view: in place is safe
         star = isinstance(self.act, StarReLU) and not (self.training and self.drop1.p > 0)
-        if star and not (torch.is_grad_enabled() and rows.requires_grad):
+        if star and not records_grad(rows, self.fc1.weight, self.fc1.bias):
             h = linear_relu(rows, self.fc1.weight, self.fc1.bias).square_()  # relu fused in
             weight, bias = fold_star_relu(self.act, self.fc2)
             return self.drop2(linear(h, weight, bias).view(*x.shape[:-1], -1))

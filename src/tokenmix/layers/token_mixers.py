@@ -46,9 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import StarReLU, star_relu
+from .activations import StarReLU, linear_star_relu, star_relu
 from .attention import attention
-from .linear import linear, linear_relu
+from .linear import linear
 from .mlp import Mlp
 from .reference import DualPath, official_attention
 from .spectral import Spectrum, apply_filter, irfft2, rfft2
@@ -123,16 +123,12 @@ class _SpectralMixer(DualPath):
         """
         b, height, width, c = x.shape
         rows = x.reshape(b * height * width, c)
-        act = self.act1
-        if self.pwconv1.bias is None and not (torch.is_grad_enabled() and x.requires_grad):
-            # inference: relu fused into the product, then s * r^2 + b as one float32 pass
-            r = linear_relu(self.pwconv1.weight, rows).square_()  # [C_med, B*H*W]
-            out = r if r.dtype == torch.float32 else None
-            return torch.addcmul(act.bias, r, act.scale, out=out).view(-1, b, height, width)
-        h = linear(self.pwconv1.weight, rows)  # [C_med, B*H*W]
-        if self.pwconv1.bias is not None:
-            h = h + self.pwconv1.bias[:, None].to(h.dtype)
-        h = star_relu(h, act.scale, act.bias, inplace=h.dtype == torch.float32)
+        if self.pwconv1.bias is None:
+            h = linear_star_relu(self.pwconv1.weight, rows, None, self.act1, float32_out=True)
+            return h.float().view(-1, b, height, width)  # [C_med, B, H, W]
+        # a bias runs along the rows of the transposed product: added before the activation
+        h = linear(self.pwconv1.weight, rows) + self.pwconv1.bias[:, None]
+        h = star_relu(h, self.act1.scale, self.act1.bias, inplace=h.dtype == torch.float32)
         return h.float().view(-1, b, height, width)
 
     def _spectrum(self, x: torch.Tensor) -> Spectrum:
@@ -328,13 +324,7 @@ class SepConv(DualPath):
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         b, height, width, c = x.shape
-        rows = x.reshape(-1, c)
-        if torch.is_grad_enabled() and x.requires_grad:
-            x = linear(rows, self.pwconv1.weight, self.pwconv1.bias)
-            x = star_relu(x, self.act1.scale, self.act1.bias, inplace=True)
-        else:  # inference: relu fused into the product; the affine part in place
-            x = linear_relu(rows, self.pwconv1.weight, self.pwconv1.bias).square_()
-            x = torch.addcmul(self.act1.bias, x, self.act1.scale, out=x)
+        x = linear_star_relu(x.reshape(-1, c), self.pwconv1.weight, self.pwconv1.bias, self.act1)
         x = self.dwconv(x.view(b, height, width, -1).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return linear(self.act2(x), self.pwconv2.weight, self.pwconv2.bias)
 
