@@ -29,7 +29,7 @@ from tokenmix.layers import (
     uses_reference_path,
 )
 from tokenmix.layers.conv import conv_bn, conv_bn_relu
-from tokenmix.layers.linear import linear, onednn_linear_enabled
+from tokenmix.layers.linear import BLAS_MIN_FEATURES, linear, onednn_linear_enabled
 from tokenmix.layers.spectral import dft_as_matmul, spectral_filter
 
 from .conftest import REFERENCE, require
@@ -182,10 +182,14 @@ def test_star_relu_fold_into_linear() -> None:
 
 
 @pytest.mark.skipif(not onednn_linear_enabled(), reason="oneDNN linear not available")
-def test_onednn_linear_forward_backward() -> None:
-    x = torch.randn(37, 24, requires_grad=True)
-    w = torch.randn(11, 24, requires_grad=True)
-    b = torch.randn(11, requires_grad=True)
+@pytest.mark.parametrize("features", [(11, 24), (BLAS_MIN_FEATURES, BLAS_MIN_FEATURES + 8)])
+def test_onednn_linear_forward_backward(features: tuple[int, int]) -> None:
+    """Thin weights take oneDNN (forward and backward), wide ones MKL on Intel CPUs: both are
+    ``F.linear``'s function."""
+    out_f, in_f = features
+    x = torch.randn(37, in_f, requires_grad=True)
+    w = torch.randn(out_f, in_f, requires_grad=True)
+    b = torch.randn(out_f, requires_grad=True)
     out = linear(x, w, b)
     g = torch.randn_like(out)
     out.backward(g)
@@ -198,7 +202,7 @@ def test_onednn_linear_forward_backward() -> None:
     for got, t in zip(grads, (x, w, b), strict=True):
         assert torch.allclose(got, t.grad, atol=1e-4)
     # 4-D input (the mixers' channels-last maps) keeps its leading shape
-    assert linear(torch.randn(2, 3, 5, 24), w.detach()).shape == (2, 3, 5, 11)
+    assert linear(torch.randn(2, 3, 5, in_f), w.detach()).shape == (2, 3, 5, out_f)
 
 
 @pytest.mark.parametrize("size", [(16, 16), (6, 5), (7, 7), (8, 3), (1, 4), (3, 1), (20, 18)])

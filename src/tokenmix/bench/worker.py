@@ -74,7 +74,7 @@ def _gflops(fn: Any, flops: float, device: torch.device, repeats: int = 10) -> f
 
 def _peak_job(job: dict[str, Any]) -> dict[str, Any]:
     """Matrix-product throughput at a size large enough to reach the kernels' peak."""
-    from ..layers.linear import linear, set_onednn_linear
+    from ..layers.linear import onednn_mm
 
     device = torch.device(job["device"])
     n = 2048 if device.type == "cpu" else 8192
@@ -87,8 +87,7 @@ def _peak_job(job: dict[str, Any]) -> dict[str, Any]:
         b = torch.randn(n, n, device=device, dtype=dtype)
         out[f"{name}_matmul"] = _gflops(lambda a=a, b=b: torch.mm(a, b), flops, device)
         if device.type == "cpu" and dtype == torch.float32:
-            set_onednn_linear(True)
-            out["fp32_onednn_linear"] = _gflops(lambda a=a, b=b: linear(a, b), flops, device)
+            out["fp32_onednn_linear"] = _gflops(lambda a=a, b=b: onednn_mm(a, b), flops, device)
     return {"gflops": out}
 
 

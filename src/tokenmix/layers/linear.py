@@ -1,12 +1,16 @@
-"""Float32 linear layers on CPU through oneDNN instead of the BLAS library.
+"""Float32 linear layers on CPU: oneDNN or the BLAS library, whichever is faster for the shape.
 
 PyTorch sends float32 ``F.linear`` on CPU to its BLAS (MKL in the official wheels), and bf16 to
 oneDNN. MKL picks its fast AVX-512 kernels only on Intel CPUs; on AMD CPUs it runs a slower code
-path. Measured on this project's benchmark machine (AMD EPYC, 2 threads, shapes of the
+path. Measured on the project's earlier benchmark machine (AMD EPYC, 2 threads, shapes of the
 MetaFormer layers): MKL 140-230 GFLOP/s, oneDNN 400-530 GFLOP/s for the same float32 product.
-PyTorch already ships oneDNN's float32 linear as ``torch.ops.mkldnn._linear_pointwise`` (the op
-``torch.compile`` uses for CPU linears); :func:`linear` calls it for float32 CPU inputs outside
-autocast and compilation, with a backward that uses oneDNN too, and ``F.linear`` otherwise.
+On an Intel CPU (Xeon, Sapphire Rapids, 2 threads) both reach the peak, and the better one
+depends on the shape: oneDNN is 15-20 % faster for thin products (64-256 features in or out, the
+first MetaFormer stages), MKL 2-6 % faster once both feature counts are >= 320 (LV-ViT's and
+the last stages' layers). So :func:`linear` calls oneDNN (PyTorch ships its float32 linear as
+``torch.ops.mkldnn._linear_pointwise``, the op ``torch.compile`` uses for CPU linears) for
+float32 CPU inputs outside autocast and compilation, except for wide weights on Intel CPUs,
+which stay with ``F.linear``; the oneDNN path has a backward in oneDNN too.
 
 The result is a float32 matrix product either way (different summation order, same rounding
 scale); :func:`set_onednn_linear` turns the dispatch off, e.g. to compare.
@@ -14,6 +18,7 @@ scale); :func:`set_onednn_linear` turns the dispatch off, e.g. to compare.
 
 from __future__ import annotations
 
+import platform
 from typing import Any
 
 import torch
@@ -25,6 +30,24 @@ _OP = (
     else None
 )
 _enabled = _OP is not None
+
+# Smallest ``min(out_features, in_features)`` for which MKL beats oneDNN on Intel CPUs (above).
+BLAS_MIN_FEATURES = 320
+
+
+def _intel_cpu() -> bool:
+    """Whether this is an Intel CPU, where MKL runs its fast kernels (Linux: /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return "GenuineIntel" in line
+    except OSError:
+        pass
+    return "Intel" in platform.processor()
+
+
+_BLAS_FAST = torch.backends.mkl.is_available() and _intel_cpu()
 
 
 def set_onednn_linear(enabled: bool) -> bool:
@@ -39,12 +62,16 @@ def set_onednn_linear(enabled: bool) -> bool:
 
 
 def onednn_linear_enabled() -> bool:
-    """Whether :func:`linear` currently uses oneDNN for float32 CPU inputs."""
+    """Whether :func:`linear` currently uses oneDNN for float32 CPU inputs (of the shapes where
+    it is the faster library, see the module doc)."""
     return _enabled
 
 
-def _mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
-    """``a @ b_t.T`` through oneDNN (``b_t`` plays the weight: ``[out, in]``)."""
+def onednn_mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+    """``a @ b_t.T`` through oneDNN whatever the shape (``b_t`` plays the weight: ``[out, in]``).
+
+    Inference only; the benchmark suite measures oneDNN's peak with it.
+    """
     return _OP(a, b_t, None, "none", [], "")
 
 
@@ -70,13 +97,13 @@ class _OneDnnLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _mm(grad, weight.t())
+            grad_x = onednn_mm(grad, weight.t())
         if ctx.needs_input_grad[1]:
             # oneDNN packs the "weight" operand; packing the one with more features is faster.
             if x.shape[1] >= grad.shape[1]:
-                grad_w = _mm(grad.t(), x.t())
+                grad_w = onednn_mm(grad.t(), x.t())
             else:
-                grad_w = _mm(x.t(), grad.t()).t()
+                grad_w = onednn_mm(x.t(), grad.t()).t()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum(0)
         return grad_x, grad_w, grad_b
@@ -90,6 +117,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
+        and not (_BLAS_FAST and min(weight.shape) >= BLAS_MIN_FEATURES)
     )
 
 
