@@ -311,3 +311,45 @@ def test_resized_filter_cache_follows_weight_updates() -> None:
             ref = model(x)
     assert not torch.allclose(changed, first)
     assert (changed - ref).abs().max().item() <= 1e-5
+
+
+def test_lvvit_stem_in_chunks_equals_the_whole_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inference runs the stem a few images at a time (small activations); with running
+    statistics that is the same function. In training mode BatchNorm uses the batch's
+    statistics, so the stem must see the whole batch even without autograd."""
+    from tokenmix.models import lvvit
+
+    model = perturbed("test_lvvit").eval()
+    stem = model.patch_embed
+    x = torch.randn(5, 3, 64, 64)
+    per_image = stem.conv1.out_channels * 32 * 32 * 4  # conv1's output, float32
+    layers, seen = stem._layers, []
+
+    def counting(chunk: torch.Tensor) -> torch.Tensor:
+        seen.append(chunk.shape[0])
+        return layers(chunk)
+
+    with torch.no_grad():
+        whole = stem(x)
+        assert seen == []
+        monkeypatch.setattr(stem, "_layers", counting)
+        monkeypatch.setattr(lvvit, "STEM_CHUNK_BYTES", 2 * per_image)
+        chunked = stem(x)
+        assert seen == [2, 2, 1]
+        assert torch.equal(chunked, whole)
+        with reference_mode(model):
+            ref_stem = stem(x)
+            ref_out = model(x)
+        # the stem's activations are O(10) here: float32 rounding relative to their scale
+        assert (chunked - ref_stem).abs().max().item() <= 1e-5 * ref_stem.abs().max().item()
+        assert (model(x) - ref_out).abs().max().item() <= 1e-5
+
+        seen.clear()
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        model.train()
+        fast_train = stem(x)  # batch statistics: one call on the whole batch
+        assert seen == [5]
+        model.load_state_dict(state)  # undo the running-statistics update
+        with reference_mode(model):
+            ref_train = stem(x)
+        assert (fast_train - ref_train).abs().max().item() <= 1e-5 * ref_train.abs().max().item()

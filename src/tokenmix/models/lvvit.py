@@ -53,6 +53,8 @@ __all__ = [
 
 # stem name -> channels of its three convolutions (official PatchEmbed4_2 / PatchEmbed4_2_128)
 STEM_CHANNELS = {"4_2": 64, "4_2_128": 128}
+# Largest stem activation (bytes, one conv output) computed at once in inference (ConvStem).
+STEM_CHUNK_BYTES = 8 * 2**20
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -186,13 +188,30 @@ class ConvStem(DualPath):
         step = self.patch_size // 2
         return ((img_size[0] + 1) // 2) // step, ((img_size[1] + 1) // 2) // step
 
-    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():  # inference: channels-last convolutions skip oneDNN's
-            x = x.contiguous(memory_format=torch.channels_last)  # reorders: 2x faster, less memory
+    def _layers(self, x: torch.Tensor) -> torch.Tensor:
         x = conv_bn_relu(self.conv1, self.bn1, x)
         x = conv_bn_relu(self.conv2, self.bn2, x)
         x = conv_bn_relu(self.conv3, self.bn3, x)
         return self.proj(x)
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self._layers(x)
+        # Inference: channels-last convolutions skip oneDNN's reorders (2x faster, less memory).
+        x = x.contiguous(memory_format=torch.channels_last)
+        running_stats = not any(bn.training for bn in (self.bn1, self.bn2, self.bn3))
+        if not running_stats or torch.compiler.is_compiling():
+            return self._layers(x)
+        # With running statistics every image is independent: run the stem on a few images
+        # at a time, so its full-resolution activations (3.2 MB per image at 224) stay small.
+        # Freshly allocated tensors of tens of MB are handed back to the OS by glibc and
+        # page-faulted in again on the next batch (measured: 12.5 k faults and 81 ms for the
+        # stem of 8 images at once, none and 74 ms in chunks of 2); the peak memory drops too.
+        per_image = self.conv1.out_channels * x.shape[-2] * x.shape[-1] // 4 * x.element_size()
+        step = max(1, STEM_CHUNK_BYTES // max(per_image, 1))
+        if x.shape[0] <= step:
+            return self._layers(x)
+        return torch.cat([self._layers(chunk) for chunk in x.split(step)])
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.bn1(self.conv1(x)))
