@@ -353,3 +353,36 @@ def test_lvvit_stem_in_chunks_equals_the_whole_batch(monkeypatch: pytest.MonkeyP
         with reference_mode(model):
             ref_train = stem(x)
         assert (fast_train - ref_train).abs().max().item() <= 1e-5 * ref_train.abs().max().item()
+
+
+@pytest.mark.parametrize("kind", ["dynamic_filter", "global_filter"])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("matmul", [False, True])
+def test_star_relu_affine_applied_in_the_spectrum(kind: str, bias: bool, matmul: bool) -> None:
+    """The fast FFT mixers apply StarReLU's scale to the filters and its bias to the zero
+    frequency; with a scale and bias far from their init (and pwconv1 biases), inference and
+    gradients equal the reference path's, FFT and DFT-matrix spectra alike, on a map with an odd
+    width (6x5) and at its native size."""
+    torch.manual_seed(0)
+    layer = create_token_mixer(kind, 8, (6, 5), bias=bias)
+    with torch.no_grad():
+        layer.act1.scale.fill_(1.7)
+        layer.act1.bias.fill_(-0.45)
+        layer.complex_weights.normal_()
+    x = torch.randn(3, 6, 5, 8)
+    with spectral.dft_as_matmul(matmul):
+        with torch.no_grad():
+            fast = layer(x)
+            with reference_mode(layer):
+                ref = layer(x)
+        assert (fast - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item())
+        grads = []
+        for reference in (False, True):
+            set_reference_mode(layer, reference)
+            layer.zero_grad()
+            layer(x).square().sum().backward()
+            grads.append({n: p.grad.clone() for n, p in layer.named_parameters()})
+        set_reference_mode(layer, False)
+    for name, ref_grad in grads[1].items():
+        scale = max(1.0, ref_grad.abs().max().item())
+        assert (grads[0][name] - ref_grad).abs().max().item() <= 1e-5 * scale, name

@@ -40,15 +40,16 @@ precision the filters rely on and are not supported on every device.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import StarReLU, linear_star_relu, star_relu
+from .activations import StarReLU, linear_star_relu, relu_square
 from .attention import attention
-from .linear import linear
+from .linear import linear, linear_relu, records_grad
 from .mlp import Mlp
 from .reference import DualPath, official_attention
 from .spectral import Spectrum, apply_filter, irfft2, rfft2
@@ -115,7 +116,8 @@ class _SpectralMixer(DualPath):
         return self._resized[1]
 
     def _expand(self, x: torch.Tensor) -> torch.Tensor:
-        """``act1(pwconv1(x))`` for ``x`` = ``[B, H, W, C]``, as float32 ``[C_med, B, H, W]``.
+        """``relu(pwconv1(x)) ** 2`` for ``x`` = ``[B, H, W, C]``, as float32 ``[C_med, B, H, W]``:
+        ``act1`` without its affine part, which :meth:`_affine_in_spectrum` applies later.
 
         Channels outermost, so the FFT over the last two dimensions reads and writes contiguous
         memory with no transposing copy; the product gets that layout for free by letting the
@@ -123,13 +125,37 @@ class _SpectralMixer(DualPath):
         """
         b, height, width, c = x.shape
         rows = x.reshape(b * height * width, c)
-        if self.pwconv1.bias is None:
-            h = linear_star_relu(self.pwconv1.weight, rows, None, self.act1, float32_out=True)
-            return h.float().view(-1, b, height, width)  # [C_med, B, H, W]
-        # a bias runs along the rows of the transposed product: added before the activation
-        h = linear(self.pwconv1.weight, rows) + self.pwconv1.bias[:, None]
-        h = star_relu(h, self.act1.scale, self.act1.bias, inplace=h.dtype == torch.float32)
-        return h.float().view(-1, b, height, width)
+        weight, bias = self.pwconv1.weight, self.pwconv1.bias
+        if bias is None and not records_grad(rows, weight):
+            h = linear_relu(weight, rows).square_()  # ReLU fused into the product
+        else:
+            h = linear(weight, rows)
+            if bias is not None:  # runs along the rows of the transposed product
+                h = h + bias[:, None]
+            h = relu_square(h, inplace=True)
+        return h.float().view(-1, b, height, width)  # [C_med, B, H, W]
+
+    def _affine_in_spectrum(
+        self, spec: Spectrum, filters: torch.Tensor, dc_filters: torch.Tensor, size: tuple[int, int]
+    ) -> Spectrum:
+        """``rfft2(scale * r + bias) * f`` from ``spec`` = ``rfft2(r)``, where ``scale`` and
+        ``bias`` are ``act1``'s, ``filters`` = ``scale * f`` (``[..., H, W // 2 + 1, 2]``) and
+        ``dc_filters`` = ``f[..., 0, 0, :]``.
+
+        StarReLU's affine part commutes with the (linear) transform: ``rfft2(s r + b) =
+        s rfft2(r) + b sqrt(H W) delta`` (orthonormal: a constant map has only the zero
+        frequency). So the scale goes into the filters, where the callers apply it to a small
+        tensor (the filter bank or the routing weights), and the bias is added to one frequency,
+        instead of a pass over the largest activation of the mixer.
+        """
+        spec = apply_filter(spec, filters)
+        dc = dc_filters * (self.act1.bias.float() * math.sqrt(size[0] * size[1]))  # [..., 2]
+        if isinstance(spec, tuple):
+            spec[0][..., 0, 0] += dc[..., 0]
+            spec[1][..., 0, 0] += dc[..., 1]
+        else:  # through the real view: exporters have no complex indexing
+            torch.view_as_real(spec)[..., 0, 0, :] += dc
+        return spec
 
     def _spectrum(self, x: torch.Tensor) -> Spectrum:
         """``rfft2`` of the expanded input, ``[C_med, B, H, W // 2 + 1]``.
@@ -238,15 +264,18 @@ class DynamicFilter(_SpectralMixer):
         routing = self._routing(x).float().softmax(dim=1)  # [B, F, C]
         spec = self._spectrum(x)  # [C, B, H, W // 2 + 1]
         with _autocast_off(x.device):
-            return apply_filter(spec, self._mixed_filters(routing, height, width // 2 + 1))
+            bank = self.filters(height, width // 2 + 1)  # [h, w, F, 2]
+            scaled = self._mixed_filters(routing * self.act1.scale.float(), bank)
+            dc = routing.permute(2, 0, 1) @ bank[0, 0]  # [C, B, 2]: the filters at (0, 0)
+            return self._affine_in_spectrum(spec, scaled, dc, (height, width))
 
-    def _mixed_filters(self, routing: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
+    def _mixed_filters(self, routing: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         """Each sample's filter ``sum_f routing[b, f, c] * bank[h, w, f]``: ``[C, B, h, w, 2]``.
 
         ``[C, B, F] @ [F, h*w*2]`` gives real and imaginary parts interleaved, so the result is
         a complex tensor's memory without a copy.
         """
-        bank = self.filters(fh, fw)  # [h, w, F, 2]
+        fh, fw = bank.shape[:2]
         rows = bank.permute(2, 0, 1, 3).reshape(self.num_filters, fh * fw * 2)
         b, _, c = routing.shape
         mixed = torch.mm(routing.permute(2, 0, 1).reshape(c * b, -1), rows)  # [C*B, h*w*2]
@@ -289,8 +318,9 @@ class GlobalFilter(_SpectralMixer):
         spec = self._spectrum(x)  # [C, B, H, W // 2 + 1]
         with _autocast_off(x.device):
             bank = self.filters(height, width // 2 + 1)  # [h, w, C, 2]
-            bank = bank.permute(2, 0, 1, 3).unsqueeze(1).contiguous()  # [C, 1, h, w, 2]
-            return apply_filter(spec, bank)
+            scaled = (bank * self.act1.scale.float()).permute(2, 0, 1, 3).unsqueeze(1)
+            dc = bank[0, 0].unsqueeze(1)  # [C, 1, 2]: the filters at (0, 0)
+            return self._affine_in_spectrum(spec, scaled.contiguous(), dc, (height, width))
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pwconv1(x)
