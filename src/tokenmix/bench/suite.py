@@ -128,7 +128,7 @@ def cpu_model() -> str:
 
 def machine_info(config: SuiteConfig) -> dict[str, Any]:
     """Where the numbers come from: hardware, software, threads and how busy the machine was."""
-    from ..layers.linear import onednn_linear_enabled
+    from ..layers.linear import fp32_linear_policy
 
     info: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -139,7 +139,7 @@ def machine_info(config: SuiteConfig) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": config.threads or torch.get_num_threads(),
-        "onednn_fp32_linear": onednn_linear_enabled(),
+        "fp32_cpu_linear": fp32_linear_policy(),
         "load_average_start": list(os.getloadavg()),
     }
     if config.device.startswith("cuda"):

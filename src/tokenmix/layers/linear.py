@@ -67,6 +67,18 @@ def onednn_linear_enabled() -> bool:
     return _enabled
 
 
+def fp32_linear_policy() -> str:
+    """Which library :func:`linear` uses for float32 CPU products here, in words (for the
+    benchmark files)."""
+    if not _enabled:
+        return "F.linear (BLAS)"
+    if _BLAS_FAST:
+        return (
+            f"oneDNN; MKL for weights with >= {BLAS_MIN_FEATURES} features in and out (Intel CPU)"
+        )
+    return "oneDNN"
+
+
 def onednn_mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
     """``a @ b_t.T`` through oneDNN whatever the shape (``b_t`` plays the weight: ``[out, in]``).
 
