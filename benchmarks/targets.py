@@ -46,10 +46,6 @@ TARGETS = {
 TRAIN_TARGETS = {("dfformer_s18", "fast"): 1.3}
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def _summary(
     results: list[SuiteResult], targets: dict[tuple[str, str], float], label: str
 ) -> list[str]:
@@ -65,7 +61,7 @@ def _summary(
         speedups = [r.speedup_vs_reference for r in same if r.speedup_vs_reference is not None]
         memories = [r.memory_vs_reference for r in same if r.memory_vs_reference is not None]
         shares = [r.matmul_peak_share for r in same if r.matmul_peak_share is not None]
-        speedup = _median(speedups) if speedups else None
+        speedup = statistics.median(speedups) if speedups else None
         memory = max(memories) if memories else None
         ok = speedup is not None and speedup >= target and (memory is None or memory <= 1.0)
         spread = f" ({min(speedups):.2f}-{max(speedups):.2f})" if len(speedups) > 1 else ""
@@ -73,7 +69,7 @@ def _summary(
             f"| {row.model} | {label} {row.path} | {target:.2f}x | "
             f"{'-' if speedup is None else f'{speedup:.2f}x'}{spread} | "
             f"{'-' if memory is None else f'{memory:.2f}'} | "
-            f"{f'{_median(shares):.0%}' if shares else '-'} | "
+            f"{f'{statistics.median(shares):.0%}' if shares else '-'} | "
             f"{'met' if ok else 'NOT met'} |"
         )
     return lines

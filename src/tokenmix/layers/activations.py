@@ -84,23 +84,18 @@ def linear_star_relu(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     act: StarReLU,
-    *,
-    float32_out: bool = False,
 ) -> torch.Tensor:
-    """``act(F.linear(x, weight, bias))`` for 2-D ``x``, the first half of every StarReLU MLP
-    and mixer expansion.
+    """``act(F.linear(x, weight, bias))`` for 2-D ``x``: the expansion of ConvFormer's SepConv.
 
     Without autograd the ReLU is fused into the oneDNN product (``linear_relu``) and the square
-    and the affine part run in place: one pass each over the output. With ``float32_out`` the
-    affine pass writes float32 when the product ran in bf16 (the official layer's type
-    promotion, which the FFT mixers need), otherwise it keeps the product's dtype. With
-    autograd: the product, then :func:`star_relu` (float32, like the official layer's).
+    and the affine part run in place, keeping the product's dtype: one pass each over the
+    output. With autograd: the product, then :func:`star_relu` (float32, like the official
+    layer's).
     """
     if records_grad(x, weight, bias, act.scale, act.bias):
         return star_relu(linear(x, weight, bias), act.scale, act.bias, inplace=True)
     r = linear_relu(x, weight, bias).square_()
-    out = None if float32_out and r.dtype != torch.float32 else r
-    return torch.addcmul(act.bias, r, act.scale, out=out)
+    return torch.addcmul(act.bias, r, act.scale, out=r)
 
 
 class StarReLU(DualPath):

@@ -51,7 +51,8 @@ _BLAS_FAST = torch.backends.mkl.is_available() and _intel_cpu()
 
 
 def set_onednn_linear(enabled: bool) -> bool:
-    """Route float32 CPU linears through oneDNN (``True``, the default where available) or not.
+    """Route float32 CPU linears through oneDNN (``True``, the default where available; wide
+    weights on Intel CPUs still take MKL, see the module doc) or always through ``F.linear``.
 
     Returns the previous setting, so callers can restore it.
     """

@@ -22,6 +22,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from .linear import records_grad
+
 _matmul = False
 
 DENSE_MAX_POINTS = 256
@@ -72,9 +74,8 @@ def apply_filter(spec: Spectrum, filters: torch.Tensor) -> Spectrum:
         f_re, f_im = filters[..., 0], filters[..., 1]
         return re * f_re - im * f_im, re * f_im + im * f_re
     weight = torch.view_as_complex(filters)
-    needs_grad = torch.is_grad_enabled() and (spec.requires_grad or weight.requires_grad)
     fits = torch.broadcast_shapes(spec.shape, weight.shape) == spec.shape
-    if needs_grad or not fits or torch.compiler.is_compiling():
+    if records_grad(spec, weight) or not fits or torch.compiler.is_compiling():
         return spec * weight
     return spec.mul_(weight)
 

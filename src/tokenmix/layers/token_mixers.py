@@ -21,7 +21,9 @@ function with fewer passes over memory and faster kernels:
 
 - StarReLU in three in-place passes instead of four new tensors (``activations.star_relu``),
   in inference with the ReLU fused into the preceding oneDNN linear (``linear.linear_relu``);
-- float32 linears through oneDNN on CPU (``linear.py``);
+  in the FFT mixers its scale and bias are applied to the spectrum instead
+  (``_SpectralMixer._affine_in_spectrum``), which saves one of those passes;
+- float32 linears through oneDNN or MKL on CPU, whichever is faster for the shape (``linear.py``);
 - ``pwconv2`` applied to the filtered spectrum before the inverse transform (both linear, so
   they commute): the inverse FFT runs on ``C`` channels instead of ``2C`` (``_inverse``);
 - small maps (14x14, 7x7) transformed by one dense DFT matrix product each way, the filter

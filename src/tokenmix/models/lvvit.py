@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 from ..layers import DropPath, DualPath, Mlp
 from ..layers.attention import attention
 from ..layers.conv import conv_bn_relu
-from ..layers.linear import linear
+from ..layers.linear import linear, records_grad
 from ..layers.reference import official_attention_query_scaled
 from .checkpoint import CheckpointError
 from .pretrained import PretrainedCfg
@@ -195,7 +195,7 @@ class ConvStem(DualPath):
         return self.proj(x)
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
+        if records_grad(x, *self.parameters()):
             return self._layers(x)
         # Inference: channels-last convolutions skip oneDNN's reorders (2x faster, less memory).
         x = x.contiguous(memory_format=torch.channels_last)
