@@ -22,7 +22,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..layers.linear import set_onednn_linear
 from ..layers.reference import reference_mode
 
 aten = torch.ops.aten
@@ -101,13 +100,11 @@ def count_macs(
     model.eval()
     # The count is of the official computation (the reference path): the fast path's
     # reorderings (the projection moved before the inverse FFT, dense DFTs for small maps) are
-    # implementation choices and must not change a model's GMACs. oneDNN's linear op has no
-    # formula: count the same products as aten matmuls.
-    onednn = set_onednn_linear(False)
+    # implementation choices and must not change a model's GMACs. The reference path runs
+    # plain aten ops only, which the counter knows.
     try:
         with counter, torch.no_grad(), reference_mode(model):
             model(x)
     finally:
-        set_onednn_linear(onednn)
         model.train(was_training)
     return counter.get_total_flops() // 2 // batch

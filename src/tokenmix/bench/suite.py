@@ -115,31 +115,24 @@ class SuiteResult:
     rows: list[BenchRow] = field(default_factory=list)
 
 
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (platform.processor() is empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(config: SuiteConfig) -> dict[str, Any]:
     """Where the numbers come from: hardware, software, threads and how busy the machine was."""
-    from ..layers.linear import fp32_linear_policy
+    from .. import kernels
 
+    caps = kernels.detect()
     info: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "hostname": platform.node(),
         "platform": platform.platform(),
-        "cpu": cpu_model(),
+        "cpu": caps.cpu_model,
         "logical_cpus": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": config.threads or torch.get_num_threads(),
-        "fp32_cpu_linear": fp32_linear_policy(),
+        "cpu_capability": caps.cpu_capability,
+        "cpu_native_bf16": caps.cpu_native_bf16,
+        "kernels": caps.as_dict(),
+        "kernel_thresholds": {**kernels.thresholds(caps), "cpu_class": caps.cpu_class},
         "load_average_start": list(os.getloadavg()),
     }
     if config.device.startswith("cuda"):

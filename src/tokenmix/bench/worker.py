@@ -11,7 +11,8 @@ Jobs (``kind``):
   ``warmup``, ``repeats`` -> median/quartile seconds per step for each path, interleaved.
 - ``memory``: ``workload``, ``path``, ``iterations`` -> peak memory growth in bytes over the
   iterations after one warm-up step.
-- ``peak``: ``device`` -> measured matrix-product GFLOP/s per kernel and dtype.
+- ``peak``: ``device``, ``budget_s`` -> measured matrix-product GFLOP/s per kernel and dtype
+  (about ``budget_s`` seconds each), and which dtypes ran ``emulated``.
 
 Common keys: ``threads`` (CPU threads), ``memory_limit`` (bytes, CPU address-space cap).
 """
@@ -59,12 +60,13 @@ def _memory_job(job: dict[str, Any]) -> dict[str, Any]:
     return {"peak_bytes": peak_memory_growth(work, prepared.device)}
 
 
-def _gflops(fn: Any, flops: float, device: torch.device, repeats: int = 10) -> float:
-    for _ in range(3):
-        fn()
+def _gflops(fn: Any, flops: float, device: torch.device, budget_s: float) -> float:
+    """Median GFLOP/s of ``fn`` over as many calls as fit in ``budget_s`` (3 to 10)."""
+    fn()
     synchronize(device)
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < 10 and (len(times) < 3 or time.perf_counter() < deadline):
         start = time.perf_counter()
         fn()
         synchronize(device)
@@ -72,23 +74,49 @@ def _gflops(fn: Any, flops: float, device: torch.device, repeats: int = 10) -> f
     return flops / sorted(times)[len(times) // 2] / 1e9
 
 
+def _sized_product(
+    device: torch.device, dtype: torch.dtype, max_n: int, call_s: float = 0.1
+) -> tuple[int, float]:
+    """The matrix size whose product takes about ``call_s`` here (at most ``max_n``), and the
+    GFLOP/s measured at 256 to size it: an emulated dtype gets a small product, so the job
+    ends in seconds whatever the hardware."""
+    a = torch.randn(256, 256, device=device, dtype=dtype)
+    rate = _gflops(lambda: torch.mm(a, a), 2.0 * 256**3, device, budget_s=0.05)
+    n = int((call_s * rate * 1e9 / 2.0) ** (1 / 3)) // 64 * 64
+    return max(256, min(max_n, n)), rate
+
+
 def _peak_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Matrix-product throughput at a size large enough to reach the kernels' peak."""
-    from ..layers.linear import onednn_mm
+    """Matrix-product throughput per kernel and dtype, at a size near the kernels' peak.
+
+    Each dtype gets about ``budget_s`` seconds (default 2): the product is sized from a quick
+    first measurement. Dtypes this device has no units for are measured too and reported in
+    ``emulated`` (their figure is what autocast would get, not a hardware peak).
+    """
+    from .. import kernels
+    from ..kernels.ops import onednn_mm
 
     device = torch.device(job["device"])
-    n = 2048 if device.type == "cpu" else 8192
-    flops = 2.0 * n**3
+    budget = float(job.get("budget_s", 2.0))
+    max_n = 2048 if device.type == "cpu" else 8192
+    caps = kernels.detect()
     out: dict[str, float] = {}
+    emulated: list[str] = []
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         if device.type == "cpu" and dtype == torch.float16:
             continue
+        if dtype == torch.bfloat16 and not kernels.native_bf16(device):
+            emulated.append(name)
+        n, _ = _sized_product(device, dtype, max_n)
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
-        out[f"{name}_matmul"] = _gflops(lambda a=a, b=b: torch.mm(a, b), flops, device)
-        if device.type == "cpu" and dtype == torch.float32:
-            out["fp32_onednn_linear"] = _gflops(lambda a=a, b=b: onednn_mm(a, b), flops, device)
-    return {"gflops": out}
+        flops = 2.0 * n**3
+        out[f"{name}_matmul"] = _gflops(lambda a=a, b=b: torch.mm(a, b), flops, device, budget)
+        if device.type == "cpu" and dtype == torch.float32 and caps.onednn_fp32_linear:
+            out["fp32_onednn_linear"] = _gflops(
+                lambda a=a, b=b: onednn_mm(a, b), flops, device, budget
+            )
+    return {"gflops": out, "emulated": emulated}
 
 
 JOBS = {"time": _time_job, "memory": _memory_job, "peak": _peak_job}

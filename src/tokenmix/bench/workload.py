@@ -18,10 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..layers import set_reference_mode
 
 PATHS = ("fast", "reference")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "auto": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 def parse_variant(variant: str, default_dtype: str) -> tuple[str, str]:
@@ -105,9 +111,12 @@ class PreparedWorkload:
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def _autocast(self, dtype: str) -> contextlib.AbstractContextManager[Any]:
-        if dtype == "fp32":
+        """Autocast for a dtype request: bf16 without bf16 units (or ``auto`` there) runs
+        float32 with a warning (``tokenmix.kernels.resolve_amp``) instead of emulated."""
+        resolved = kernels.resolve_amp(dtype, self.device)
+        if resolved is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=DTYPES[dtype])
+        return kernels.autocast(self.device, resolved)
 
     def step(self, variant: str = "fast") -> None:
         """One batch on ``variant`` (``fast``, ``reference``, or ``PATH@DTYPE``)."""

@@ -48,9 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", action="store_true", help="time forward + backward + AdamW step")
     p.add_argument(
         "--dtype",
-        choices=("fp32", "bf16", "fp16"),
+        choices=("fp32", "auto", "bf16", "fp16"),
         default="fp32",
-        help="bf16/fp16: autocast (FFTs stay float32); fp16 on CUDA only",
+        help="bf16/fp16: autocast (FFTs stay float32); fp16 on CUDA only; auto: bf16 where the "
+        "device has bf16 units, else fp32 (bf16 without them warns and runs fp32)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--channels-last", action="store_true", help="channels_last model and input")

@@ -44,7 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mean", type=float, nargs=3, default=None)
     p.add_argument("--std", type=float, nargs=3, default=None)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    p.add_argument(
+        "--amp",
+        choices=("auto", "none", "bf16", "fp16"),
+        default="none",
+        help="autocast: auto = bf16 where the device has bf16 units, else float32; bf16 without"
+        " them warns and runs float32",
+    )
     p.add_argument(
         "--out", type=Path, default=None, help="output folder (default: beside the checkpoint)"
     )

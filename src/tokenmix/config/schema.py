@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-AMP = Literal["none", "bf16", "fp16"]
+AMP = Literal["auto", "none", "bf16", "fp16"]
 MONITOR = Literal["top1", "top5", "loss", "ema_top1", "ema_top5", "ema_loss"]
 
 
@@ -157,7 +157,9 @@ class TrainConfig:
     # Threads for CPU ops in this process; null = PyTorch's default (one per core). On a
     # shared or busy CPU fewer threads are often much faster (no spin-waiting on a busy core).
     cpu_threads: int | None = bounded(None, ge=1)
-    # bf16 autocast on CPU or CUDA; fp16 (CUDA only) with a gradient scaler.
+    # auto: bf16 autocast where the device has bf16 units (CUDA with bf16, CPUs with
+    # AVX512-BF16/AMX), float32 elsewhere. bf16 without such units warns and runs float32
+    # (emulated bf16 is tens of times slower). fp16: CUDA only, with a gradient scaler.
     amp: AMP = "none"
     compile: bool = False
     channels_last: bool = False

@@ -41,6 +41,7 @@ from tokenmix.config import Config, dump_yaml, to_dict
 from tokenmix.data.augment import AugmentedBatch
 from tokenmix.data.token_labels import TokenLabelStore, token_label_targets
 
+from .. import kernels
 from . import checkpoint as ckpt
 from .build import (
     Loss,
@@ -111,15 +112,18 @@ def seed_step(seed: int, step: int, micro: int, rank: int) -> int:
 
 
 def autocast_context(device: torch.device, amp: str) -> Callable[[], AbstractContextManager]:
-    """A factory of autocast contexts for ``train.amp`` (``none``: a null context)."""
-    if amp == "none":
+    """A factory of autocast contexts for ``train.amp`` (float32: a null context).
+
+    ``auto`` is bf16 where the device has bf16 units and float32 elsewhere; an explicit bf16
+    without them warns once and runs float32 (:func:`tokenmix.kernels.resolve_amp`).
+    """
+    try:
+        dtype = kernels.resolve_amp(amp, device)
+    except ValueError as e:
+        raise ValueError(f"train.amp: {e}") from None
+    if dtype is None:
         return nullcontext
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError(
-            "train.amp=fp16 needs CUDA (it relies on a gradient scaler); use bf16 on CPU"
-        )
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
+    return lambda: kernels.autocast(device, dtype)
 
 
 def micro_batches(batches: Iterable[Any], accum_steps: int) -> Iterator[list[Any]]:

@@ -2,20 +2,20 @@
 
 Every layer with a faster implementation also keeps the official operation order as a
 reference path; :func:`set_reference_mode` switches a whole model between the two.
-Process-wide switches of the fast path: :func:`set_onednn_linear` (float32 CPU linears through
-oneDNN, default on) and :func:`dft_as_matmul` (spectral filters as DFT-matrix products).
+Which kernel each layer runs is resolved at construction by :mod:`tokenmix.kernels` (shown in
+the layer's ``repr``); :func:`dft_as_matmul` computes the spectral filters as DFT-matrix
+products (for ONNX export).
 """
 
 from .activations import SquaredReLU, StarReLU, relu_square
+from .attention import Attention
 from .drop import DropPath
-from .linear import set_onednn_linear
 from .mlp import Mlp, MlpHead, Scale, fold_star_relu
 from .norm import LayerNormNoBias
 from .reference import DualPath, reference_mode, set_reference_mode, uses_reference_path
 from .spectral import dft_as_matmul
 from .token_mixers import (
     TOKEN_MIXERS,
-    Attention,
     DynamicFilter,
     GlobalFilter,
     SepConv,
@@ -43,7 +43,6 @@ __all__ = [
     "reference_mode",
     "relu_square",
     "resize_complex_weight",
-    "set_onednn_linear",
     "set_reference_mode",
     "uses_reference_path",
 ]

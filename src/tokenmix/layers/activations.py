@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import linear, linear_relu, records_grad
+from ..kernels.ops import linear, linear_relu, records_grad
 from .reference import DualPath, official_star_relu
 
 
@@ -84,17 +84,21 @@ def linear_star_relu(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     act: StarReLU,
+    kernels: dict[str, str],
 ) -> torch.Tensor:
     """``act(F.linear(x, weight, bias))`` for 2-D ``x``: the expansion of ConvFormer's SepConv.
 
-    Without autograd the ReLU is fused into the oneDNN product (``linear_relu``) and the square
+    ``kernels``: the layer's ``linear``/``linear_relu`` choices. Without autograd the ReLU goes
+    with the product (``linear_relu``, fused where the kernel allows) and the square
     and the affine part run in place, keeping the product's dtype: one pass each over the
     output. With autograd: the product, then :func:`star_relu` (float32, like the official
     layer's).
     """
     if records_grad(x, weight, bias, act.scale, act.bias):
-        return star_relu(linear(x, weight, bias), act.scale, act.bias, inplace=True)
-    r = linear_relu(x, weight, bias).square_()
+        return star_relu(
+            linear(x, weight, bias, kernels["linear"]), act.scale, act.bias, inplace=True
+        )
+    r = linear_relu(x, weight, bias, kernels["linear_relu"], kernels["linear"]).square_()
     return torch.addcmul(act.bias, r, act.scale, out=r)
 
 

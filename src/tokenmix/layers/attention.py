@@ -1,33 +1,74 @@
-"""The attention core of the fast path: ``softmax(q k^T * scale) v``.
+"""Multi-head self-attention of CAFormer (sail-sg/metaformer) and LV-ViT (TokenLabeling).
 
-``F.scaled_dot_product_attention`` (fused, memory-efficient) everywhere, except for bf16/fp16 on
-CPU with a small score matrix: there PyTorch's CPU flash kernel runs its products without the
-CPU's bf16 matrix units, and explicit batched products are about twice as fast (measured for
-LV-ViT-S and CAFormer-S18 at 224: 2.8 ms vs 6.4 ms per layer, batch 8, one thread). Large score
-matrices (high resolution) keep the fused kernel, which never materialises them.
+One class serves both: tokens as ``[B, N, C]`` or channels-last ``[B, H, W, C]``; the two
+official codes differ only in biases (MetaFormer none, LV-ViT a projection bias) and in where
+the scale is applied (MetaFormer after ``q k^T``, LV-ViT to ``q``), which the reference path
+follows (``query_scaled``). State-dict keys are ``qkv.*`` and ``proj.*`` in both.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-# Largest score matrix (elements, batch x heads x queries x keys) computed explicitly:
-# 32 M elements = 64 MiB in bf16, e.g. batch 8 x 10 heads x 640 x 640 tokens.
-EXPLICIT_MAX_SCORES = 32 * 2**20
+from .. import kernels
+from ..kernels.ops import attention, linear
+from .reference import DualPath, official_attention, official_attention_query_scaled
 
 
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, drop_rate: float = 0.0
-) -> torch.Tensor:
-    """Multi-head attention of ``[B, heads, N, d]`` tensors (pass ``drop_rate`` 0 in eval)."""
-    scores = q.shape[0] * q.shape[1] * q.shape[-2] * k.shape[-2]
-    if (
-        q.device.type == "cpu"
-        and q.dtype in (torch.bfloat16, torch.float16)
-        and scores <= EXPLICIT_MAX_SCORES
-        and not torch.compiler.is_compiling()
-    ):
-        attn = torch.matmul(q, k.transpose(-2, -1)).mul_(scale).softmax(dim=-1)
-        return torch.matmul(F.dropout(attn, drop_rate), v)
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=drop_rate, scale=scale)
+class Attention(DualPath):
+    """Multi-head self-attention over all tokens (CAFormer's: head_dim 32, no biases).
+
+    The fast path uses :func:`tokenmix.kernels.ops.attention` (fused SDPA, or bf16 batched
+    products on CPU where those are faster); the reference path is the official explicit
+    ``softmax(q k^T * scale) v``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        size: tuple[int, int] | None = None,
+        head_dim: int = 32,
+        num_heads: int | None = None,
+        qkv_bias: bool = False,
+        proj_bias: bool = False,
+        attn_drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        qk_scale: float | None = None,
+        query_scaled: bool = False,
+    ) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.scale = qk_scale or head_dim**-0.5
+        self.query_scaled = query_scaled
+        self.num_heads = num_heads or max(dim // head_dim, 1)
+        inner = self.num_heads * head_dim
+        self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop_rate)
+        self.proj = nn.Linear(inner, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop_rate)
+        self.kernels = {
+            **kernels.choose_linear(min(dim, inner)),
+            "attention": kernels.choose("attention"),
+        }
+
+    def _qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b = qkv.shape[0]
+        qkv = qkv.reshape(b, -1, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        kern = self.kernels
+        q, k, v = self._qkv(linear(x, self.qkv.weight, self.qkv.bias, kern["linear"]))
+        drop = self.attn_drop.p if self.training else 0.0
+        y = attention(q, k, v, self.scale, drop, kern["attention"])
+        y = y.transpose(1, 2).reshape(*x.shape[:-1], -1)
+        return self.proj_drop(linear(y, self.proj.weight, self.proj.bias, kern["linear"]))
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(self.qkv(x))
+        core = official_attention_query_scaled if self.query_scaled else official_attention
+        y = core(q, k, v, self.scale, self.attn_drop.p if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(*x.shape[:-1], -1)
+        return self.proj_drop(self.proj(y))

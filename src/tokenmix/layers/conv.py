@@ -1,5 +1,5 @@
 """Convolution followed by BatchNorm (and ReLU), with the norm folded into the convolution in
-eval mode and, in CPU inference, the ReLU fused into oneDNN's convolution."""
+eval mode and, where the ``conv_relu`` kernel allows, the ReLU fused into the convolution."""
 
 from __future__ import annotations
 
@@ -7,40 +7,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import records_grad
-
-_CONV_POINTWISE = (
-    getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
-    if torch.backends.mkldnn.is_available()
-    else None
-)
+from ..kernels.ops import conv2d_relu, records_grad
 
 
-def conv_bn_relu(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+def conv_bn_relu(
+    conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, kernel: str = "unfused"
+) -> torch.Tensor:
     """``relu(bn(conv(x)))``.
 
-    In CPU inference with running statistics the folded convolution and the ReLU are one
-    oneDNN op, which applies the ReLU to each output tile while it is in cache: one pass over
-    the (large, full-resolution) stem activation fewer; measured on 2 cores for LV-ViT's stem:
-    ~10 % faster for the 3x3 convolutions, ~30 % for the 7x7/2 one on 3 channels.
+    In inference with running statistics BatchNorm is folded into the convolution, and with
+    ``kernel="onednn"`` (the ``conv_relu`` choice) the ReLU is applied to each output tile by
+    oneDNN while it is in cache: one pass over the (large, full-resolution) stem activation
+    fewer.
     """
-    fusable = (
-        _CONV_POINTWISE is not None
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not bn.training
+    foldable = (
+        not bn.training
         and bn.running_mean is not None
         and bn.running_var is not None
         and isinstance(conv.padding, tuple)
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
         and not records_grad(x, conv.weight, conv.bias, bn.weight, bn.bias)
     )
-    if not fusable:
+    if not foldable:
         return F.relu(conv_bn(conv, bn, x), inplace=True)
     weight, bias = _folded(conv, bn)
-    return _CONV_POINTWISE(
-        x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups, "relu", [], ""
+    return conv2d_relu(
+        x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, kernel
     )
 
 

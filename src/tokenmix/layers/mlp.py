@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import kernels
+from ..kernels.ops import gelu_, linear, linear_relu, records_grad
 from .activations import SquaredReLU, StarReLU, relu_square
-from .linear import linear, linear_relu, records_grad
 from .reference import DualPath
 
 
@@ -27,7 +28,7 @@ def fold_star_relu(act: StarReLU, linear: nn.Linear) -> tuple[torch.Tensor, torc
 class Mlp(DualPath):
     """Two linear layers with StarReLU between them, no biases (MetaFormer ``Mlp``).
 
-    The fast path uses oneDNN linears in float32 on CPU (``linear.py``) and, with StarReLU, runs
+    The fast path uses the linear kernels chosen for its shape (``tokenmix.kernels``) and, with StarReLU, runs
     ``relu(fc1(x)) ** 2`` in place and folds StarReLU's scale and bias into ``fc2``
     (:func:`fold_star_relu`) unless dropout between the layers is active. LV-ViT uses this
     class with GELU and biases; in inference its GELU runs in place.
@@ -49,26 +50,30 @@ class Mlp(DualPath):
         self.drop1 = nn.Dropout(drop_rate)
         self.fc2 = nn.Linear(hidden, out_features or dim, bias=bias)
         self.drop2 = nn.Dropout(drop_rate)
+        self.kernels = kernels.choose_linear(min(dim, hidden, out_features or dim))
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # 2-D, so the hidden tensor is no view: in place is safe
+        k = self.kernels
         star = isinstance(self.act, StarReLU) and not (self.training and self.drop1.p > 0)
         if star and not records_grad(rows, self.fc1.weight, self.fc1.bias):
-            h = linear_relu(rows, self.fc1.weight, self.fc1.bias).square_()  # relu fused in
+            h = linear_relu(rows, self.fc1.weight, self.fc1.bias, k["linear_relu"], k["linear"])
             weight, bias = fold_star_relu(self.act, self.fc2)
-            return self.drop2(linear(h, weight, bias).view(*x.shape[:-1], -1))
-        h = linear(rows, self.fc1.weight, self.fc1.bias)
+            return self.drop2(
+                linear(h.square_(), weight, bias, k["linear"]).view(*x.shape[:-1], -1)
+            )
+        h = linear(rows, self.fc1.weight, self.fc1.bias, k["linear"])
         if star:
             h = relu_square(h, inplace=True)
             weight, bias = fold_star_relu(self.act, self.fc2)
         elif isinstance(self.act, nn.GELU) and not (torch.is_grad_enabled() and h.requires_grad):
             # inference: overwrite the hidden tensor instead of allocating a second one
-            h = self.drop1(torch.ops.aten.gelu_(h, approximate=self.act.approximate))
+            h = self.drop1(gelu_(h, self.act.approximate))
             weight, bias = self.fc2.weight, self.fc2.bias
         else:
             h = self.drop1(self.act(h))
             weight, bias = self.fc2.weight, self.fc2.bias
-        return self.drop2(linear(h, weight, bias).view(*x.shape[:-1], -1))
+        return self.drop2(linear(h, weight, bias, k["linear"]).view(*x.shape[:-1], -1))
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)

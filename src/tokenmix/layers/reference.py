@@ -37,6 +37,13 @@ class DualPath(nn.Module):
 
     reference: bool = False
 
+    def extra_repr(self) -> str:
+        """The kernels the layer resolved at construction (``tokenmix.kernels``)."""
+        chosen = getattr(self, "kernels", None)
+        if not chosen:
+            return ""
+        return "kernels=" + ",".join(f"{family}:{option}" for family, option in chosen.items())
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.reference:
             return self.forward_reference(*args, **kwargs)

@@ -22,13 +22,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .linear import records_grad
+from ..kernels import choose
+from ..kernels.ops import records_grad
 
 _matmul = False
-
-DENSE_MAX_POINTS = 256
-"""Maps of at most this many points (DFFormer's 14x14 and 7x7 stages at 224) are transformed
-with one dense matrix product each way instead of an FFT (see :func:`_dense_matrices`)."""
 
 
 @contextmanager
@@ -46,16 +43,20 @@ Spectrum = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 """A half spectrum: complex ``[..., H, W // 2 + 1]`` (FFT), or its (real, imaginary) parts."""
 
 
-def _use_dense(height: int, width: int) -> bool:
-    return height * width <= DENSE_MAX_POINTS and not torch.compiler.is_compiling()
+def _use_dense(kernel: str) -> bool:
+    return kernel == "dense" and not torch.compiler.is_compiling()
 
 
-def rfft2(x: torch.Tensor) -> Spectrum:
-    """Orthonormal 2-D real DFT of float32 ``[..., H, W]`` over the last two dimensions."""
+def rfft2(x: torch.Tensor, kernel: str = "fft") -> Spectrum:
+    """Orthonormal 2-D real DFT of float32 ``[..., H, W]`` over the last two dimensions.
+
+    ``kernel``: ``fft`` (``torch.fft``) or ``dense`` (one DFT-matrix product, for small maps;
+    the ``dft`` choice of ``tokenmix.kernels``, resolved from the map's number of points).
+    """
     if _matmul:
         return _rfft2_matmul(x)
     height, width = x.shape[-2:]
-    if _use_dense(height, width):
+    if _use_dense(kernel):
         forward, _ = _dense_matrices(height, width, x.device)
         spec = x.reshape(-1, height * width) @ forward  # [N, H * (W//2+1) * 2], (re, im) pairs
         return torch.view_as_complex(spec.view(*x.shape[:-2], height, width // 2 + 1, 2))
@@ -80,19 +81,21 @@ def apply_filter(spec: Spectrum, filters: torch.Tensor) -> Spectrum:
     return spec.mul_(weight)
 
 
-def irfft2(spec: Spectrum, size: tuple[int, int]) -> torch.Tensor:
+def irfft2(spec: Spectrum, size: tuple[int, int], kernel: str = "fft") -> torch.Tensor:
     """Inverse of :func:`rfft2` back to a real ``[..., H, W]`` grid of ``size``."""
     if isinstance(spec, tuple):
         return _irfft2_matmul(spec, size)
     height, width = size
-    if _use_dense(height, width):
+    if _use_dense(kernel):
         _, inverse = _dense_matrices(height, width, spec.device)
         rows = torch.view_as_real(spec).reshape(-1, inverse.shape[0])
         return (rows @ inverse).view(*spec.shape[:-2], height, width)
     return torch.fft.irfft2(spec, s=size, norm="ortho")
 
 
-def spectral_filter(x: torch.Tensor, filters: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def spectral_filter(
+    x: torch.Tensor, filters: torch.Tensor, size: tuple[int, int], kernel: str | None = None
+) -> torch.Tensor:
     """``irfft2(rfft2(x, ortho) * filters, s=size, ortho)`` over the last two dimensions.
 
     Args:
@@ -100,8 +103,10 @@ def spectral_filter(x: torch.Tensor, filters: torch.Tensor, size: tuple[int, int
         filters: ``[..., H, W // 2 + 1, 2]`` real and imaginary parts, broadcastable to the
             spectrum.
         size: ``(H, W)``.
+        kernel: ``fft`` or ``dense``; default: the machine's choice for ``H * W`` points.
     """
-    return irfft2(apply_filter(rfft2(x), filters), size)
+    kernel = kernel or choose("dft", points=size[0] * size[1])
+    return irfft2(apply_filter(rfft2(x, kernel), filters), size, kernel)
 
 
 @lru_cache(maxsize=64)
@@ -146,7 +151,7 @@ def _dense_matrices(height: int, width: int, device: torch.device) -> tuple[torc
     layout copies of the 2-D c2r, while these products are large, dense GEMMs
     (measured on 2 cores for 5120 maps of 14x14 / 8192 of 7x7: ~1.1x / ~6x faster than
     ``rfft2`` + ``irfft2``). Their cost grows with the square of the map size, so larger maps
-    keep the FFT. Not used while compiling or exporting (complex views), where the FFT is traced.
+    keep the FFT (the ``dense_dft_max_points`` threshold of the kernels table). Not used while compiling or exporting (complex views), where the FFT is traced.
     """
     half = width // 2 + 1
     eye = torch.eye(height * width, dtype=torch.float64).view(-1, height, width)

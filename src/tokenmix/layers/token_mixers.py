@@ -20,10 +20,11 @@ follows the official code line by line; ``forward_fast`` (the default) computes 
 function with fewer passes over memory and faster kernels:
 
 - StarReLU in three in-place passes instead of four new tensors (``activations.star_relu``),
-  in inference with the ReLU fused into the preceding oneDNN linear (``linear.linear_relu``);
+  in inference with the ReLU fused into the preceding linear (``kernels.ops.linear_relu``);
   in the FFT mixers its scale and bias are applied to the spectrum instead
   (``_SpectralMixer._affine_in_spectrum``), which saves one of those passes;
-- float32 linears through oneDNN or MKL on CPU, whichever is faster for the shape (``linear.py``);
+- the linear, fused-ReLU, attention and DFT kernels each layer resolved at construction
+  (``tokenmix.kernels``: oneDNN or BLAS per shape and CPU class, plain ops where unproved);
 - ``pwconv2`` applied to the filtered spectrum before the inverse transform (both linear, so
   they commute): the inverse FFT runs on ``C`` channels instead of ``2C`` (``_inverse``);
 - small maps (14x14, 7x7) transformed by one dense DFT matrix product each way, the filter
@@ -34,7 +35,7 @@ function with fewer passes over memory and faster kernels:
 - the per-sample filter built with one real matrix product (no complex ``einsum``, which is
   also what makes the model exportable to ONNX);
 - filters resized for a new input size cached while no gradient is needed;
-- attention through ``F.scaled_dot_product_attention`` (``attention.py``).
+- attention through ``F.scaled_dot_product_attention`` (``kernels.ops.attention``).
 
 The FFT always runs in float32 (autocast is switched off around it): bf16/fp16 FFTs lose the
 precision the filters rely on and are not supported on every device.
@@ -49,11 +50,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
+from ..kernels.ops import linear, mm_nt, mm_nt_relu, records_grad
 from .activations import StarReLU, linear_star_relu, relu_square
-from .attention import attention
-from .linear import linear, linear_relu, records_grad
+from .attention import Attention
 from .mlp import Mlp
-from .reference import DualPath, official_attention
+from .reference import DualPath
 from .spectral import Spectrum, apply_filter, irfft2, rfft2
 
 
@@ -97,6 +99,10 @@ class _SpectralMixer(DualPath):
         self.pwconv1 = nn.Linear(dim, self.med_channels, bias=bias)
         self.act1 = StarReLU()
         self._resized: tuple[Any, torch.Tensor] | None = None
+        self.kernels = kernels.choose_linear(min(dim, self.med_channels))
+
+    def _choose_dft(self) -> None:
+        self.kernels["dft"] = kernels.choose("dft", points=self.size[0] * self.size[1])
 
     def filters(self, height: int, width: int) -> torch.Tensor:
         """The stored filters as ``[height, width, K, 2]`` float32, resized if needed.
@@ -128,10 +134,11 @@ class _SpectralMixer(DualPath):
         b, height, width, c = x.shape
         rows = x.reshape(b * height * width, c)
         weight, bias = self.pwconv1.weight, self.pwconv1.bias
+        k = self.kernels
         if bias is None and not records_grad(rows, weight):
-            h = linear_relu(weight, rows).square_()  # ReLU fused into the product
+            h = mm_nt_relu(weight, rows, k["linear_relu"], k["linear"]).square_()
         else:
-            h = linear(weight, rows)
+            h = mm_nt(weight, rows, k["linear"])
             if bias is not None:  # runs along the rows of the transposed product
                 h = h + bias[:, None]
             h = relu_square(h, inplace=True)
@@ -150,6 +157,8 @@ class _SpectralMixer(DualPath):
         tensor (the filter bank or the routing weights), and the bias is added to one frequency,
         instead of a pass over the largest activation of the mixer.
         """
+        if not isinstance(self.act1, StarReLU):  # the fold is StarReLU's affine part
+            raise TypeError(f"spectral fold needs act1 to be StarReLU, got {type(self.act1)}")
         spec = apply_filter(spec, filters)
         dc = dc_filters * (self.act1.bias.float() * math.sqrt(size[0] * size[1]))  # [..., 2]
         if isinstance(spec, tuple):
@@ -167,7 +176,13 @@ class _SpectralMixer(DualPath):
         """
         h = self._expand(x)
         with _autocast_off(x.device):
-            return rfft2(h)
+            return rfft2(h, self._dft_kernel(x.shape[1], x.shape[2]))
+
+    def _dft_kernel(self, height: int, width: int) -> str:
+        """The layer's DFT choice at its built size; re-resolved for another live size."""
+        if (height, width) == self.size:
+            return self.kernels["dft"]
+        return kernels.choose("dft", points=height * width)
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         # one expression, so no frame keeps the (largest) spectrum alive past its last use
@@ -187,9 +202,10 @@ class _SpectralMixer(DualPath):
         ``C`` channels instead of ``C_med = 2C``, and the product reads the spectrum in its own
         layout, with no transposing copy. The result is a permuted view of ``[C, B, H, W]``.
         """
+        dft = self._dft_kernel(*size)
         if isinstance(spec, tuple) or not isinstance(self.act2, nn.Identity):
             with _autocast_off(self.pwconv2.weight.device):
-                y = irfft2(spec, size)
+                y = irfft2(spec, size, dft)
             return self._project(y)
         c, b, fh, fw = spec.shape
         weight = self.pwconv2.weight
@@ -197,11 +213,11 @@ class _SpectralMixer(DualPath):
         if torch.is_autocast_enabled(_autocast_kind(flat.device)):
             mixed = torch.mm(weight, flat)  # autocast dtype; real weights act on re and im alike
         else:
-            mixed = linear(weight, flat.t())  # W @ flat through oneDNN on CPU
+            mixed = mm_nt(weight, flat.t(), self.kernels["linear"])  # W @ flat
         del spec, flat
         mixed = mixed.float().view(-1, b, fh, fw, 2)
         with _autocast_off(mixed.device):
-            y = irfft2(torch.view_as_complex(mixed), size)  # [C, B, H, W]
+            y = irfft2(torch.view_as_complex(mixed), size, dft)  # [C, B, H, W]
         out = y.permute(1, 2, 3, 0)
         if self.pwconv2.bias is not None:
             out = out + self.pwconv2.bias.to(out.dtype)
@@ -211,7 +227,7 @@ class _SpectralMixer(DualPath):
         """``pwconv2(act2(y))`` for ``y`` = ``[C_med, B, H, W]``, as ``[B, H, W, C]``."""
         c, b, height, width = y.shape
         rows = self.act2(y).view(c, -1).t()  # [B*H*W, C_med], a transposed view
-        out = linear(rows, self.pwconv2.weight, self.pwconv2.bias)
+        out = linear(rows, self.pwconv2.weight, self.pwconv2.bias, self.kernels["linear"])
         return out.view(b, height, width, -1)
 
     def _reference_filters(self, height: int, width: int) -> torch.Tensor:
@@ -253,6 +269,7 @@ class DynamicFilter(_SpectralMixer):
         self.size = tuple(size)
         h, w = _filter_grid(self.size)
         self.complex_weights = nn.Parameter(torch.randn(h, w, num_filters, 2) * 0.02)
+        self._choose_dft()
         self.reweight = Mlp(dim, reweight_expansion_ratio, num_filters * self.med_channels)
         self.act2 = nn.Identity()
         self.pwconv2 = nn.Linear(self.med_channels, dim, bias=bias)
@@ -312,6 +329,7 @@ class GlobalFilter(_SpectralMixer):
         self.size = tuple(size)
         h, w = _filter_grid(self.size)
         self.complex_weights = nn.Parameter(torch.randn(h, w, self.med_channels, 2) * 0.02)
+        self._choose_dft()
         self.act2 = nn.Identity()
         self.pwconv2 = nn.Linear(self.med_channels, dim, bias=bias)
 
@@ -353,12 +371,14 @@ class SepConv(DualPath):
         )
         self.act2 = nn.Identity()
         self.pwconv2 = nn.Linear(med, dim, bias=bias)
+        self.kernels = kernels.choose_linear(min(dim, med))
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         b, height, width, c = x.shape
-        x = linear_star_relu(x.reshape(-1, c), self.pwconv1.weight, self.pwconv1.bias, self.act1)
+        k = self.kernels
+        x = linear_star_relu(x.reshape(-1, c), self.pwconv1.weight, self.pwconv1.bias, self.act1, k)
         x = self.dwconv(x.view(b, height, width, -1).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return linear(self.act2(x), self.pwconv2.weight, self.pwconv2.bias)
+        return linear(self.act2(x), self.pwconv2.weight, self.pwconv2.bias, k["linear"])
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pwconv1(x)
@@ -368,58 +388,6 @@ class SepConv(DualPath):
         x = x.permute(0, 2, 3, 1)
         x = self.act2(x)
         return self.pwconv2(x)
-
-
-class Attention(DualPath):
-    """Multi-head self-attention over all ``H*W`` tokens (CAFormer), head_dim 32, no biases.
-
-    The fast path uses :func:`tokenmix.layers.attention.attention` (fused SDPA, or bf16 batched
-    products on CPU where those are faster); the reference path is the official explicit
-    ``softmax(q k^T * scale) v``.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        size: tuple[int, int] | None = None,
-        head_dim: int = 32,
-        num_heads: int | None = None,
-        qkv_bias: bool = False,
-        proj_bias: bool = False,
-        attn_drop_rate: float = 0.0,
-        proj_drop_rate: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.head_dim = head_dim
-        self.scale = head_dim**-0.5
-        self.num_heads = num_heads or max(dim // head_dim, 1)
-        inner = self.num_heads * head_dim
-        self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop_rate)
-        self.proj = nn.Linear(inner, dim, bias=proj_bias)
-        self.proj_drop = nn.Dropout(proj_drop_rate)
-
-    def _qkv(
-        self, x: torch.Tensor, qkv: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b, h, w, _ = x.shape
-        qkv = qkv.reshape(b, h * w, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        return q, k, v
-
-    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, _ = x.shape
-        q, k, v = self._qkv(x, linear(x, self.qkv.weight, self.qkv.bias))
-        x = attention(q, k, v, self.scale, self.attn_drop.p if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(b, h, w, -1)
-        return self.proj_drop(linear(x, self.proj.weight, self.proj.bias))
-
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, _ = x.shape
-        q, k, v = self._qkv(x, self.qkv(x))
-        x = official_attention(q, k, v, self.scale, self.attn_drop.p if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(b, h, w, -1)
-        return self.proj_drop(self.proj(x))
 
 
 TOKEN_MIXERS: dict[str, type[nn.Module]] = {

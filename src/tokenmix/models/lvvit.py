@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .. import kernels
+from ..kernels.ops import records_grad
 from ..layers import DropPath, DualPath, Mlp
-from ..layers.attention import attention
+from ..layers.attention import Attention
 from ..layers.conv import conv_bn_relu
-from ..layers.linear import linear, records_grad
-from ..layers.reference import official_attention_query_scaled
 from .checkpoint import CheckpointError
 from .pretrained import PretrainedCfg
 from .registry import register_model
@@ -53,8 +53,6 @@ __all__ = [
 
 # stem name -> channels of its three convolutions (official PatchEmbed4_2 / PatchEmbed4_2_128)
 STEM_CHANNELS = {"4_2": 64, "4_2_128": 128}
-# Largest stem activation (bytes, one conv output) computed at once in inference (ConvStem).
-STEM_CHUNK_BYTES = 8 * 2**20
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -182,6 +180,7 @@ class ConvStem(DualPath):
         self.act = nn.ReLU(inplace=True)
         self.proj = nn.Conv2d(stem_chs, embed_dim, patch_size // 2, stride=patch_size // 2)
         self.patch_size = patch_size
+        self.kernels = {"conv_relu": kernels.choose("conv_relu"), "stem": kernels.choose("stem")}
 
     def grid_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
         """Patch grid for an input size (the 7x7/2 conv rounds up, the projection down)."""
@@ -189,9 +188,10 @@ class ConvStem(DualPath):
         return ((img_size[0] + 1) // 2) // step, ((img_size[1] + 1) // 2) // step
 
     def _layers(self, x: torch.Tensor) -> torch.Tensor:
-        x = conv_bn_relu(self.conv1, self.bn1, x)
-        x = conv_bn_relu(self.conv2, self.bn2, x)
-        x = conv_bn_relu(self.conv3, self.bn3, x)
+        kernel = self.kernels["conv_relu"]
+        x = conv_bn_relu(self.conv1, self.bn1, x, kernel)
+        x = conv_bn_relu(self.conv2, self.bn2, x, kernel)
+        x = conv_bn_relu(self.conv3, self.bn3, x, kernel)
         return self.proj(x)
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,7 +200,7 @@ class ConvStem(DualPath):
         # Inference: channels-last convolutions skip oneDNN's reorders (2x faster, less memory).
         x = x.contiguous(memory_format=torch.channels_last)
         running_stats = not any(bn.training for bn in (self.bn1, self.bn2, self.bn3))
-        if not running_stats or torch.compiler.is_compiling():
+        if not running_stats or self.kernels["stem"] != "chunked" or torch.compiler.is_compiling():
             return self._layers(x)
         # With running statistics every image is independent: run the stem on a few images
         # at a time, so its full-resolution activations (3.2 MB per image at 224) stay small.
@@ -208,7 +208,7 @@ class ConvStem(DualPath):
         # page-faulted in again on the next batch (measured: 12.5 k faults and 81 ms for the
         # stem of 8 images at once, none and 74 ms in chunks of 2); the peak memory drops too.
         per_image = self.conv1.out_channels * x.shape[-2] * x.shape[-1] // 4 * x.element_size()
-        step = max(1, STEM_CHUNK_BYTES // max(per_image, 1))
+        step = max(1, kernels.policy.stem_chunk_bytes() // max(per_image, 1))
         if x.shape[0] <= step:
             return self._layers(x)
         return torch.cat([self._layers(chunk) for chunk in x.split(step)])
@@ -218,54 +218,6 @@ class ConvStem(DualPath):
         x = self.act(self.bn2(self.conv2(x)))
         x = self.act(self.bn3(self.conv3(x)))
         return self.proj(x)
-
-
-class Attention(DualPath):
-    """Multi-head self-attention on ``[B, N, C]`` through ``scaled_dot_product_attention``.
-
-    The official code computes ``softmax((q * scale) @ k^T) @ v``; SDPA with the same ``scale``
-    is that function, with fused kernels where the device has them. ``forward_reference`` keeps
-    the official order (``tokenmix.layers.set_reference_mode``).
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        head_dim: int | None = None,
-        qkv_bias: bool = False,
-        qk_scale: float | None = None,
-        attn_drop_rate: float = 0.0,
-        proj_drop_rate: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = head_dim or dim // num_heads
-        self.scale = qk_scale or self.head_dim**-0.5
-        inner = self.head_dim * num_heads
-        self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
-        self.attn_drop_rate = attn_drop_rate
-        self.proj = nn.Linear(inner, dim)
-        self.proj_drop = nn.Dropout(proj_drop_rate)
-
-    def _heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        b, n, _ = qkv.shape
-        return qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-
-    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        q, k, v = self._heads(linear(x, self.qkv.weight, self.qkv.bias))
-        x = attention(q, k, v, self.scale, self.attn_drop_rate if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
-        return self.proj_drop(linear(x, self.proj.weight, self.proj.bias))
-
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        q, k, v = self._heads(self.qkv(x))
-        drop = self.attn_drop_rate if self.training else 0.0
-        x = official_attention_query_scaled(q, k, v, self.scale, drop)
-        x = x.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
-        return self.proj_drop(self.proj(x))
 
 
 class Block(DualPath):
@@ -295,7 +247,15 @@ class Block(DualPath):
         self.skip_lam = skip_lam
         self.norm1 = nn.LayerNorm(dim)  # eps 1e-5, the nn.LayerNorm default the official uses
         self.attn = Attention(
-            dim, num_heads, head_dim, qkv_bias, qk_scale, attn_drop_rate, drop_rate
+            dim,
+            head_dim=head_dim or dim // num_heads,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            proj_bias=True,
+            attn_drop_rate=attn_drop_rate,
+            proj_drop_rate=drop_rate,
+            qk_scale=qk_scale,
+            query_scaled=True,
         )
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
