@@ -16,6 +16,7 @@ demo: setup
 	$(BIN)/tokenmix train --config configs/digits_demo.yaml
 
 test: setup
+	$(BIN)/tokenmix info --brief
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 

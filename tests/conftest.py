@@ -37,3 +37,10 @@ def fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
+
+
+def pytest_report_header() -> str:
+    """The machine's CPU class first: kernel choices (and skips) depend on it."""
+    from tokenmix import kernels
+
+    return kernels.summary_line()

@@ -22,19 +22,14 @@ from tokenmix.bench.timing import TimingSummary, interleaved_timings
 from tokenmix.bench.worker import run_job
 from tokenmix.bench.workload import Workload
 from tokenmix.layers import reference_mode
-from tokenmix.layers.linear import set_onednn_linear
 
 
 def _raw_macs(model: torch.nn.Module, size: int) -> int:
     """MACs as the stock counters see the official computation (the reference path): no FFTs,
     no complex products."""
     counter = FlopCounterMode(display=False)
-    onednn = set_onednn_linear(False)  # aten linears, which the stock counter knows
-    try:
-        with counter, torch.no_grad(), reference_mode(model):
-            model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
-    finally:
-        set_onednn_linear(onednn)
+    with counter, torch.no_grad(), reference_mode(model):  # plain aten ops only
+        model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
     return counter.get_total_flops() // 2
 
 

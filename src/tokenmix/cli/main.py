@@ -12,6 +12,7 @@ import logging
 import sys
 
 COMMANDS = [
+    "info",
     "models",
     "download",
     "convert",

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from .amp import AMP_CHOICES, autocast, native_bf16, resolve_amp
 from .capabilities import Capabilities, cpu_model, detect
 from .policy import CHOICES, PLAIN, choose, choose_linear, force, forced, runnable, thresholds
@@ -38,6 +40,7 @@ __all__ = [
     "layer_choices",
     "native_bf16",
     "resolve_amp",
+    "summary_line",
     "runnable",
     "thresholds",
 ]
@@ -53,6 +56,17 @@ def layer_choices(model: Any) -> dict[str, dict[str, set[str]]]:
             for family, option in chosen.items():
                 per.setdefault(family, set()).add(option)
     return out
+
+
+def summary_line() -> str:
+    """One line naming the CPU, its capability and bf16 units (CI and test headers print it)."""
+    caps = detect()
+    return (
+        f"tokenmix kernels: {caps.cpu_model} [{caps.cpu_class}], native bf16 "
+        f"{'yes' if caps.cpu_native_bf16 else 'no'}, AMX {'yes' if caps.cpu_amx else 'no'}, "
+        f"oneDNN fp32/bf16 linear {caps.onednn_fp32_linear}/{caps.onednn_bf16_linear}, "
+        f"CUDA {caps.cuda}, torch {torch.__version__}"
+    )
 
 
 def explain(model_names: tuple[str, ...] = ()) -> str:
@@ -80,7 +94,9 @@ def explain(model_names: tuple[str, ...] = ()) -> str:
     names = model_names or ("dfformer_s18", "cdfformer_s18", "caformer_s18", "lvvit_s")
     for name in names:
         lines.append(f"{name}:")
-        for layer, families in layer_choices(create_model(name, device="meta")).items():
+        with torch.device("meta"):  # no memory, no initialisation cost
+            model = create_model(name)
+        for layer, families in layer_choices(model).items():
             desc = ", ".join(f"{f}={'/'.join(sorted(o))}" for f, o in families.items())
             lines.append(f"  {layer}: {desc}")
     return "\n".join(lines)
