@@ -171,6 +171,22 @@ def test_compiles_without_graph_breaks(name: str, reference: bool) -> None:
         assert torch.allclose(compiled(x), model(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["test_dfformer", "test_lvvit"])
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_compiles_with_every_special_kernel_chosen(name: str) -> None:
+    """Layers built with every non-plain kernel still trace into one graph: the kernels step
+    aside while compiling, and the traced function is the eager one."""
+    choices = KERNEL_SETS["special"]
+    if any(kernels.runnable(f, o) for f, o in choices.items()):
+        pytest.skip("a special kernel cannot run here")
+    with kernels.force(**choices):
+        model = perturbed(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x), atol=1e-5)
+
+
 def test_switch_covers_every_dual_path_layer_and_restores() -> None:
     model = tokenmix.create_model("test_cdfformer")
     layers = [m for m in model.modules() if isinstance(m, DualPath)]

@@ -40,8 +40,8 @@ __all__ = [
     "layer_choices",
     "native_bf16",
     "resolve_amp",
-    "summary_line",
     "runnable",
+    "summary_line",
     "thresholds",
 ]
 

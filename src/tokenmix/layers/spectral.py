@@ -5,7 +5,7 @@
   cosine/sine matrices and real arithmetic. The feature maps are small (7 to 56 points a side
   at 224), so the O(n^2) products cost little, and they run fast everywhere, whereas
   onnxruntime's CPU ``DFT`` kernel is an order of magnitude slower than PyTorch's FFT at these
-  non-power-of-two sizes (measured: DFFormer-S18 at 224, 5 s vs 0.37 s a batch of 8).
+  non-power-of-two sizes (README, Export).
   ``tokenmix export --fft matmul`` uses it.
 
 Both compute the ``norm="ortho"`` transforms, and the inverse follows ``irfft2``: an inverse
@@ -149,8 +149,7 @@ def _dense_matrices(height: int, width: int, device: torch.device) -> tuple[torc
     Why: the FFT mixers run thousands of tiny 2-D transforms (C_med x batch maps of 14x14 or
     7x7), where batched FFT libraries spend their time on per-transform overhead and the
     layout copies of the 2-D c2r, while these products are large, dense GEMMs
-    (measured on 2 cores for 5120 maps of 14x14 / 8192 of 7x7: ~1.1x / ~6x faster than
-    ``rfft2`` + ``irfft2``). Their cost grows with the square of the map size, so larger maps
+    (``benchmarks/kernel_thresholds.py`` measures the crossover per CPU class). Their cost grows with the square of the map size, so larger maps
     keep the FFT (the ``dense_dft_max_points`` threshold of the kernels table). Not used while compiling or exporting (complex views), where the FFT is traced.
     """
     half = width // 2 + 1

@@ -205,8 +205,7 @@ class ConvStem(DualPath):
         # With running statistics every image is independent: run the stem on a few images
         # at a time, so its full-resolution activations (3.2 MB per image at 224) stay small.
         # Freshly allocated tensors of tens of MB are handed back to the OS by glibc and
-        # page-faulted in again on the next batch (measured: 12.5 k faults and 81 ms for the
-        # stem of 8 images at once, none and 74 ms in chunks of 2); the peak memory drops too.
+        # page-faulted in again on the next batch (README, "Page faults and glibc").
         per_image = self.conv1.out_channels * x.shape[-2] * x.shape[-1] // 4 * x.element_size()
         step = max(1, kernels.policy.stem_chunk_bytes() // max(per_image, 1))
         if x.shape[0] <= step:
