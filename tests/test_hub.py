@@ -43,6 +43,8 @@ class Server:
     files: dict[str, bytes] = field(default_factory=dict)
     drop_after: dict[str, int] = field(default_factory=dict)  # next GET of file: cut after N
     honour_range: bool = True
+    validators: bool = True  # send an ETag (and honour If-Range), as release hosts do
+    no_length: set[str] = field(default_factory=set)  # files sent without Content-Length
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     stop: Callable[[], None] = lambda: None
 
@@ -65,7 +67,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404, "no such file")
             return
         start = 0
-        if header and state.honour_range:
+        etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+        if_range = self.headers.get("If-Range")
+        if header and state.honour_range and (if_range is None or if_range == etag):
             start = int(re.fullmatch(r"bytes=(\d+)-", header).group(1))
             if start >= len(body):
                 self.send_response(416)
@@ -78,7 +82,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         chunk = body[start:]
-        self.send_header("Content-Length", str(len(chunk)))
+        if state.validators:
+            self.send_header("ETag", etag)
+        if name not in state.no_length:  # else the body ends when the connection closes
+            self.send_header("Content-Length", str(len(chunk)))
         self.end_headers()
         cut = state.drop_after.pop(name, None)
         if cut is not None:  # send part of the body, then drop the connection
@@ -216,10 +223,20 @@ def test_resume_after_dropped_connection(official, server, env) -> None:
     assert torch.equal(_output(tokenmix.create_model(name, pretrained=True)), _output(source))
 
 
-def test_resume_partial_file_from_an_earlier_run(official, server, env) -> None:
+def _earlier_run_stopped_after(name: str, file: str, n: int, server, monkeypatch) -> None:
+    """A run that lost its connection after ``n`` bytes and gave up: ``.part`` + its record."""
+    server.drop_after[file] = n
+    monkeypatch.setattr(hub, "_ATTEMPTS", 1)
+    with pytest.raises(WeightsError, match=f"{n} bytes kept in"):
+        hub.download_weights(name, progress=False)
+    monkeypatch.setattr(hub, "_ATTEMPTS", 5)
+    server.requests.clear()
+
+
+def test_resume_partial_file_from_an_earlier_run(official, server, env, monkeypatch) -> None:
     name, data, _ = official
-    env.mkdir(parents=True)
-    (env / "test_dfformer_fake.pth.part").write_bytes(data[:1000])
+    _earlier_run_stopped_after(name, "test_dfformer_fake.pth", 1000, server, monkeypatch)
+    assert (env / "test_dfformer_fake.pth.part").read_bytes() == data[:1000]
     assert hub.download_weights(name, progress=False).read_bytes() == data
     assert server.gets("test_dfformer_fake.pth") == ["bytes=1000-"]
 
@@ -232,9 +249,9 @@ def test_server_without_range_support_restarts_cleanly(official, server, env) ->
     assert server.gets("test_dfformer_fake.pth") == [None, "bytes=5000-"]
 
 
-def test_part_longer_than_the_file_starts_over(official, server, env) -> None:
+def test_part_longer_than_the_file_starts_over(official, server, env, monkeypatch) -> None:
     name, data, _ = official
-    env.mkdir(parents=True)
+    _earlier_run_stopped_after(name, "test_dfformer_fake.pth", 1000, server, monkeypatch)
     (env / "test_dfformer_fake.pth.part").write_bytes(data + b"junk")
     assert hub.download_weights(name, progress=False).read_bytes() == data
     assert server.gets("test_dfformer_fake.pth") == [f"bytes={len(data) + 4}-", None]
@@ -395,6 +412,133 @@ def test_cli_download_and_models_listing(official, server, env, capsys) -> None:
 
     assert cli_main(["download", "gfformer_s18", "--no-progress"]) == 1
     assert "no published weights" in capsys.readouterr().err
+
+
+# --- issue 11: holes closed by tokenmix.download ------------------------------------------------
+FAKE = "test_dfformer_fake.pth"
+
+
+def test_resume_never_splices_a_replaced_file(official, server, env, monkeypatch) -> None:
+    """Hole 1: the file changed on the server between runs; If-Range makes it send it whole."""
+    name, data, _ = official
+    _earlier_run_stopped_after(name, FAKE, 1000, server, monkeypatch)
+    replaced = bytearray(data)
+    replaced[500] ^= 0xFF  # same size, differs inside the part we already have
+    server.files[FAKE] = bytes(replaced)
+    assert hub.download_weights(name, progress=False).read_bytes() == bytes(replaced)
+    assert server.gets(FAKE) == ["bytes=1000-"]  # asked to resume, got the whole new file
+
+
+def test_no_validator_means_no_resume(official, server, env) -> None:
+    """Hole 1: without an ETag/Last-Modified a dropped download starts again from zero."""
+    name, data, _ = official
+    server.validators = False
+    server.drop_after[FAKE] = 3000
+    assert hub.download_weights(name, progress=False).read_bytes() == data
+    assert server.gets(FAKE) == [None, None]
+
+
+def test_body_without_length_that_ends_early_is_not_cached(official, server, env) -> None:
+    """Hole 2: no Content-Length, no hash: the weights must load before they are kept."""
+    name, data, source = official
+    server.no_length.add(FAKE)
+    server.drop_after[FAKE] = len(data) // 2  # looks like a complete body to the client
+    with pytest.raises(ChecksumError, match=r"sent no size .* does not load"):
+        hub.download_weights(name, progress=False)
+    assert sorted(p.name for p in env.iterdir()) == []
+    model = tokenmix.create_model(name, pretrained=True)  # the whole body this time: loads
+    assert torch.equal(_output(model), _output(source))
+    assert (env / FAKE).read_bytes() == data
+
+
+def test_recorded_hash_is_a_pin_until_refresh(official, server, env, capsys) -> None:
+    """Hole 3: after local corruption a different download is refused, naming both hashes."""
+    name, data, _ = official
+    hub.download_weights(name, progress=False)
+    old = hashlib.sha256(data).hexdigest()
+    other = _pth_bytes({"state_dict": _source_model(seed=9).state_dict()})
+    new = hashlib.sha256(other).hexdigest()
+    server.files[FAKE] = other
+    (env / FAKE).write_bytes(data[:-10])  # local corruption
+    with pytest.raises(ChecksumError) as err:
+        hub.download_weights(name, progress=False)
+    assert old in str(err.value) and new in str(err.value) and "refresh" in str(err.value)
+    assert not (env / FAKE).exists() and hub.cache_record(name)["sha256"] == old
+    assert cli_main(["download", name, "--no-progress"]) == 1
+    assert new in capsys.readouterr().err
+
+    assert hub.download_weights(name, refresh=True, progress=False).read_bytes() == other
+    assert hub.cache_record(name)["sha256"] == new
+    server.files[FAKE] = data
+    assert cli_main(["download", name, "--refresh", "--no-progress"]) == 0
+    assert old in capsys.readouterr().out and (env / FAKE).read_bytes() == data
+
+
+def test_name_resolution_failure_fails_at_once(official, env, monkeypatch) -> None:
+    """Hole 19: no DNS: one try, an offline hint, no '0 bytes kept', no stale .lock file."""
+    name, _, _ = official
+    calls = []
+
+    def no_dns(address, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(address)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_dns)
+    with pytest.raises(WeightsError) as err:
+        hub.download_weights(name, progress=False)
+    message = str(err.value)
+    assert "cannot be resolved" in message and hub.ENV_OFFLINE in message
+    assert "bytes kept" not in message and f"copy it to {env / FAKE}" in message
+    assert len(calls) == 1
+    assert sorted(p.name for p in env.iterdir()) == []
+
+
+def _unwritable(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder.chmod(0o555)
+    try:  # root ignores modes: make the write probe fail as a read-only mount would
+        (folder / ".probe").touch()
+    except OSError:
+        return
+    (folder / ".probe").unlink()
+    from tokenmix import download as dl
+
+    def denied(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(dl.tempfile, "mkstemp", denied)
+
+
+def test_read_only_cache_fails_at_once_naming_the_folder(official, server, env, monkeypatch):
+    name, _, _ = official
+    env.mkdir(parents=True)
+    _unwritable(env, monkeypatch)
+    try:
+        with pytest.raises(WeightsError, match=f"the folder {re.escape(str(env))} is not writ"):
+            hub.download_weights(name, progress=False)
+    finally:
+        env.chmod(0o755)
+    assert server.requests == []
+
+
+def test_cache_folder_that_cannot_be_created_fails_at_once(official, server, env, monkeypatch):
+    name, _, _ = official
+    blocker = env.parent.parent / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(hub.ENV_HOME, str(blocker / "home"))
+    with pytest.raises(WeightsError, match=f"cannot create the folder {re.escape(str(blocker))}"):
+        hub.download_weights(name, progress=False)
+    assert server.requests == []
+
+
+def test_read_only_cache_holding_the_file_still_works(official, server, env, monkeypatch):
+    name, _, source = official
+    hub.download_weights(name, progress=False)
+    _unwritable(env, monkeypatch)
+    try:
+        model = tokenmix.create_model(name, pretrained=True)
+    finally:
+        env.chmod(0o755)
+    assert torch.equal(_output(model), _output(source)) and len(server.requests) == 1
 
 
 # --- the weights table ---------------------------------------------------------------------------

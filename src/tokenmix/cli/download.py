@@ -3,12 +3,14 @@
 Names are ``arch`` (its default weights), ``arch.tag``, or shell patterns over ``arch.tag``
 (``tokenmix models --pretrained`` lists them). Files go to ``$TOKENMIX_HOME/weights`` (default
 ``~/.cache/tokenmix/weights``) under their official names; ``TOKENMIX_WEIGHTS_BASE_URL`` fetches
-them from a mirror instead. Each line printed is: name, path, size, SHA-256.
+them from a mirror instead. Each line printed is: name, path, size, SHA-256. The SHA-256 of the
+first download is a pin: a later download that differs is refused unless ``--refresh`` is given.
 
 Examples:
   tokenmix download dfformer_s18
   tokenmix download lvvit_s.tl_in1k_384 'caformer_s18.*'
   TOKENMIX_HOME=/shared/cache tokenmix download --all
+  tokenmix download --refresh dfformer_s18   # the upstream file was replaced
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", metavar="NAME[.TAG]", help="weights, e.g. lvvit_s.tl_in1k")
     p.add_argument("--all", action="store_true", help="every published weight file")
     p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="download again and accept a file whose SHA-256 differs from the recorded one "
+        "(the upstream file was replaced)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -57,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     failed = []
     for name in names:
         try:
-            path = download_weights(name, force=args.force, progress=not args.no_progress)
+            path = download_weights(
+                name, force=args.force, refresh=args.refresh, progress=not args.no_progress
+            )
         except WeightsError as e:
             print(f"error: {e}", file=sys.stderr)
             failed.append(name)

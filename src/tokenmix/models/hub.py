@@ -5,7 +5,9 @@ official file name (``$TOKENMIX_HOME/weights/<file_name>``, default
 ``~/.cache/tokenmix/weights``), next to a sidecar ``<file_name>.json`` that records where it came
 from, its size and its SHA-256. The authors publish no hashes, so the sidecar's hash, taken
 when the file was first downloaded, is what every later use is checked against: a file that
-was truncated or altered since is reported and fetched again, never loaded as it is.
+was truncated or altered since is reported and fetched again, never loaded as it is, and the
+new download must have that same hash (a pin: ``refresh=True`` / ``tokenmix download --refresh``
+accepts a replaced upstream file).
 
 Environment:
 
@@ -15,54 +17,71 @@ Environment:
   (``<base>/<file_name>``), e.g. a copy of someone's cache served over HTTP; tests point it at
   a local server.
 
-Downloads go to ``<file_name>.part`` and resume with an HTTP ``Range`` request after a dropped
-connection (also across runs); a file lock keeps parallel processes (one per GPU) from writing
-the same file at once.
+The transfer itself is :func:`tokenmix.download.download_file`: ``<file_name>.part``, resumed
+with ``Range`` + ``If-Range`` (also across runs), size and hash checks, a file lock, bounded
+retries. When neither a size nor a hash is known, the file must load as weights to be kept.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import http.client
 import json
 import logging
 import os
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
 from torch import nn
-from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, LoadReport, load_weights, read_state_dict
+from tokenmix import download as dl
+from tokenmix.download import ENV_OFFLINE, DownloadError, FolderError, file_lock, is_offline
+from tokenmix.utils import atomic_write, sha256_file
+
+from .checkpoint import (
+    CheckpointError,
+    LoadReport,
+    checkpoint_format,
+    load_weights,
+    read_state_dict,
+)
 from .pretrained import PretrainedCfg
 from .registry import get_pretrained_cfg, list_pretrained_cfgs, split_model_name
+
+__all__ = [
+    "ENV_BASE_URL",
+    "ENV_HOME",
+    "ENV_OFFLINE",
+    "ChecksumError",
+    "Weights",
+    "WeightsError",
+    "cache_dir",
+    "cache_record",
+    "cached_path",
+    "download_weights",
+    "is_offline",
+    "load_pretrained",
+    "resolve",
+    "sha256_file",
+]
 
 log = logging.getLogger("tokenmix")
 
 ENV_HOME = "TOKENMIX_HOME"
-ENV_OFFLINE = "TOKENMIX_OFFLINE"
 ENV_BASE_URL = "TOKENMIX_WEIGHTS_BASE_URL"
 
-_CHUNK = 1 << 20
-_ATTEMPTS = 5  # connection drops tolerated per download, each resumed where it stopped
-_RETRY_DELAY_S = 1.0  # doubled after each failed attempt
-_TIMEOUT_S = 60.0
-_USER_AGENT = "tokenmix-weights/0.1 (+python-urllib)"
+# passed to tokenmix.download at each call (tests shorten them)
+_ATTEMPTS = dl.ATTEMPTS
+_RETRY_DELAY_S = dl.RETRY_DELAY_S
+_TIMEOUT_S = dl.TIMEOUT_S
 
 
-class WeightsError(RuntimeError):
+class WeightsError(DownloadError):
     """Weights that cannot be fetched or verified; the message says how to get them by hand."""
 
 
-class ChecksumError(WeightsError):
+class ChecksumError(WeightsError, dl.ChecksumError):
     """A downloaded or cached file whose size or SHA-256 differs from the expected one."""
 
 
@@ -94,10 +113,6 @@ def cache_dir() -> Path:
     return Path(cache).expanduser() / "tokenmix" / "weights"
 
 
-def is_offline() -> bool:
-    return os.environ.get(ENV_OFFLINE, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def resolve(name: str | PretrainedCfg) -> Weights:
     """Published weights for ``arch`` (its default tag) or ``arch.tag``, or for a cfg itself.
 
@@ -127,37 +142,58 @@ def resolve(name: str | PretrainedCfg) -> Weights:
 
 # --- public API --------------------------------------------------------------------------------
 def download_weights(
-    name: str | PretrainedCfg, *, force: bool = False, progress: bool = True
+    name: str | PretrainedCfg,
+    *,
+    force: bool = False,
+    refresh: bool = False,
+    progress: bool = True,
 ) -> Path:
     """The verified cached file of ``name``'s weights, downloaded first if needed.
+
+    The SHA-256 recorded when the file was first downloaded is a pin: a later download (after
+    the cached copy was corrupted, or with ``force``) must produce the same file.
 
     Args:
         name: ``arch`` or ``arch.tag`` (or a :class:`PretrainedCfg` with a url).
         force: download again even when a verified copy is cached.
+        refresh: download again and accept a file whose SHA-256 differs from the recorded one
+            (the upstream file was replaced); a published hash is still enforced.
         progress: show a tqdm progress bar while downloading.
 
     Raises:
-        WeightsError: offline without a cached copy, or the download failed; the message names
-            the URL and where to put the file by hand.
-        ChecksumError: the downloaded file does not match the published size or SHA-256.
+        WeightsError: offline without a cached copy, a cache folder that cannot be written, or
+            the download failed; the message names the URL and where to put the file by hand.
+        ChecksumError: the downloaded file does not match the published size or SHA-256, or
+            not the recorded SHA-256 (pass ``refresh=True`` to replace that).
     """
     w = resolve(name)
-    w.path.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(w):
+    force = force or refresh
+    try:
+        dl.prepare_folder(w.path.parent)
+        folder_error: FolderError | None = None
+    except FolderError as e:  # a read-only shared cache is fine while it holds the file
+        folder_error = e
+    with file_lock(w.path) if folder_error is None else contextlib.nullcontext():
         problem = "download forced" if force else _check_cached(w)
         if problem is None:
             return w.path
+        state = "not in the cache" if problem == "not cached" else f"cached copy bad: {problem}"
         if is_offline():
-            state = "not in the cache" if problem == "not cached" else f"cached copy bad: {problem}"
             raise WeightsError(
                 f"{w.name}: {state}, and {ENV_OFFLINE} is set, so {w.url} was not fetched."
                 f"\n{_manual_hint(w)}"
             )
+        if folder_error is not None:
+            raise WeightsError(
+                f"{w.name}: {state}, and it cannot be downloaded: {folder_error} (or set "
+                f"{ENV_HOME} to a writable cache).\n{_manual_hint(w)}"
+            )
+        pin = None if refresh else (_read_sidecar(w) or {}).get("sha256")
         if w.path.exists():
             if not force:
                 log.warning("%s: %s; downloading it again", w.path, problem)
-            _remove(w.path, w.sidecar)
-        _download(w, progress=progress)
+            w.path.unlink()
+        _download(w, pin=pin, progress=progress)
     return w.path
 
 
@@ -177,8 +213,9 @@ def load_pretrained(model: nn.Module, name: str) -> LoadReport:
             raise WeightsError(
                 f"{path} is unreadable ({e}) and {ENV_OFFLINE} is set.\n{_manual_hint(w)}"
             ) from e
+        # its hash matched the record, so the record is of this unreadable file: no pin
         log.warning("%s is unreadable (%s); downloading it again", path, e)
-        path = download_weights(name, force=True)
+        path = download_weights(name, refresh=True)
         state = read_state_dict(path)
     report = load_weights(model, state, source_format=w.cfg.source_format)
     report.source = f"{w.name} ({path})"
@@ -204,14 +241,6 @@ def cached_path(name: str | PretrainedCfg) -> Path | None:
 def cache_record(name: str | PretrainedCfg) -> dict[str, Any] | None:
     """The sidecar of ``name``'s cached file: url, num_bytes, sha256 and how it was obtained."""
     return _read_sidecar(resolve(name))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- cache checks ------------------------------------------------------------------------------
@@ -261,147 +290,62 @@ def _write_sidecar(w: Weights, num_bytes: int, sha256: str, how: str) -> None:
         "sha256_source": "published" if w.cfg.sha256 else how,
         "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    tmp = w.sidecar.with_name(w.sidecar.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, w.sidecar)
-
-
-def _lock(w: Weights) -> contextlib.AbstractContextManager[Any]:
-    """A lock per file, so that processes sharing a cache (one per GPU) download it once.
-
-    A read-only cache (shared, filled by someone else) needs no lock: nothing is written.
-    """
-    if not os.access(w.path.parent, os.W_OK):
-        return contextlib.nullcontext()
-    return FileLock(str(w.path.with_name(w.path.name + ".lock")))
-
-
-def _remove(*paths: Path) -> None:
-    for p in paths:
-        p.unlink(missing_ok=True)
+    text = json.dumps(meta, indent=2) + "\n"
+    atomic_write(w.sidecar, lambda tmp: tmp.write_text(text))
 
 
 # --- download ----------------------------------------------------------------------------------
-def _download(w: Weights, *, progress: bool) -> None:
-    """Fetch ``w.url`` into ``w.part`` (resuming it), verify, then move it into place."""
-    total: int | None = None
-    last_error: Exception | None = None
-    for attempt in range(_ATTEMPTS):
-        if attempt:
-            delay = _RETRY_DELAY_S * 2 ** (attempt - 1)
-            log.warning(
-                "%s: download interrupted (%s); resuming in %.0f s (attempt %d/%d)",
-                w.url,
-                last_error,
-                delay,
-                attempt + 1,
-                _ATTEMPTS,
-            )
-            time.sleep(delay)
-        try:
-            total = _fetch(w, progress=progress)
-            break
-        except urllib.error.HTTPError as e:
-            if e.code < 500 and e.code not in (408, 429):
-                raise WeightsError(
-                    f"{w.name}: {w.url} answered HTTP {e.code} {e.reason}.\n{_manual_hint(w)}"
-                ) from e
-            last_error = e
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            last_error = e
-    else:
-        raise WeightsError(
-            f"{w.name}: could not download {w.url} ({_describe(last_error)}); "
-            f"{w.part.stat().st_size if w.part.exists() else 0} bytes kept in {w.part} for the "
-            f"next attempt.\n{_manual_hint(w)}"
-        ) from last_error
-
-    size = w.part.stat().st_size
-    expected_size = w.cfg.num_bytes or total
-    if expected_size is not None and size != expected_size:
-        _remove(w.part)
-        raise ChecksumError(f"{w.url}: got {size} bytes, expected {expected_size}")
-    digest = sha256_file(w.part)
-    if w.cfg.sha256 and digest != w.cfg.sha256.lower():
-        _remove(w.part)
-        raise ChecksumError(
-            f"{w.url}: SHA-256 {digest} does not match the published {w.cfg.sha256}; the file "
-            "was deleted. The server may hold a different file than the one published."
+def _download(w: Weights, *, pin: str | None, progress: bool) -> None:
+    """Fetch ``w.url`` with :func:`tokenmix.download.download_file`, then record it."""
+    published = w.cfg.sha256.lower() if w.cfg.sha256 else None
+    fmt = checkpoint_format(w.path)
+    try:
+        got = dl.download_file(
+            w.url,
+            w.path,
+            sha256=published or pin,
+            size=w.cfg.num_bytes,
+            verify=lambda part: _check_loads(part, fmt),
+            progress=progress,
+            desc=w.path.name,
+            timeout=_TIMEOUT_S,
+            attempts=_ATTEMPTS,
+            retry_delay=_RETRY_DELAY_S,
+            lock=False,
         )
-    os.replace(w.part, w.path)
-    _write_sidecar(w, size, digest, "recorded at download")
-    log.info("%s: saved %s (%d bytes, sha256 %s)", w.name, w.path, size, digest)
+    except dl.ChecksumError as e:
+        if e.algorithm == "sha256" and published:
+            raise ChecksumError(
+                f"{w.url}: SHA-256 {e.actual} does not match the published {published}; the "
+                "file was deleted. The server may hold a different file than the one published."
+            ) from None
+        if e.algorithm == "sha256":
+            raise ChecksumError(
+                f"{w.name}: {w.url} now serves a file with SHA-256 {e.actual}, but SHA-256 "
+                f"{pin} was recorded when it was first downloaded ({w.sidecar}); the new file "
+                "was deleted. If the upstream file was really replaced, accept it with "
+                f"download_weights({w.name!r}, refresh=True) or `tokenmix download --refresh "
+                f"{w.name}`."
+            ) from None
+        raise ChecksumError(f"{w.name}: {e}") from None
+    except DownloadError as e:
+        raise WeightsError(f"{w.name}: {e}\n{_manual_hint(w)}") from None
+    _write_sidecar(w, got.num_bytes, got.sha256, "recorded at download")
+    log.info("%s: saved %s (%d bytes, sha256 %s)", w.name, w.path, got.num_bytes, got.sha256)
 
 
-def _fetch(w: Weights, *, progress: bool) -> int | None:
-    """One HTTP request: append to ``w.part`` from its current size; the file's total size."""
-    offset = w.part.stat().st_size if w.part.exists() else 0
-    headers = {"User-Agent": _USER_AGENT}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(w.url, headers=headers)
-    try:
-        response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
-    except urllib.error.HTTPError as e:
-        if e.code != 416 or not offset:
-            raise
-        # Range not satisfiable: the .part is not a prefix of this file. Start over.
-        log.warning("%s: server refused to resume at byte %d; starting over", w.url, offset)
-        _remove(w.part)
-        return _fetch(w, progress=progress)
-    with response:
-        if offset and response.status != 206:  # server ignored Range: start over
-            offset = 0
-        elif offset:
-            _check_content_range(response, offset, w.url)
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length is not None else None
-        with (
-            open(w.part, "ab" if offset else "wb") as f,
-            _progress_bar(w, total, offset, progress) as bar,
-        ):
-            received = 0
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
-                f.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-        if length is not None and received < int(length):
-            raise http.client.IncompleteRead(b"", int(length) - received)
-    return total
+def _check_loads(path: Path, fmt: str) -> None:
+    """Read a downloaded ``.part`` as weights of format ``fmt`` (it has no telling suffix)."""
+    if fmt == "safetensors":
+        from safetensors.torch import load_file
 
+        load_file(str(path))
+    elif fmt == "pdparams":
+        from .paddle import read_pdparams
 
-def _check_content_range(response: Any, offset: int, url: str) -> None:
-    value = response.headers.get("Content-Range", "")
-    try:
-        start = int(value.split()[1].split("-")[0])
-    except (IndexError, ValueError):
-        raise WeightsError(f"{url}: unusable Content-Range {value!r} when resuming") from None
-    if start != offset:
-        raise WeightsError(f"{url}: asked to resume at byte {offset}, server sent from {start}")
-
-
-@contextlib.contextmanager
-def _progress_bar(w: Weights, total: int | None, initial: int, enabled: bool) -> Iterator[Any]:
-    bar = tqdm(
-        total=total,
-        initial=initial,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=w.path.name,
-        disable=not enabled,
-        leave=False,
-    )
-    try:
-        yield bar
-    finally:
-        bar.close()
-
-
-def _describe(e: Exception | None) -> str:
-    if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError):
-        return str(e.reason)
-    return f"{type(e).__name__}: {e}" if e is not None else "unknown error"
+        read_pdparams(path)
+    else:
+        read_state_dict(path)  # a ``.part`` reads as a PyTorch file, weights_only
 
 
 def _manual_hint(w: Weights) -> str:
