@@ -163,7 +163,7 @@ def test_suite_end_to_end_reports_oom_not_crash(tmp_path: Path) -> None:
         (1024, "fast"): "oom",
         (1024, "reference"): "oom",
         (1024, "fast@bf16"): "oom",
-    }
+    }, {k: r.error for k, r in rows.items() if r.status == "error"}
     assert rows[(64, "fast@bf16")].speedup_vs_reference is not None
     small = rows[(64, "fast")]
     assert small.throughput > 0 and small.peak_memory_mb > 0 and small.gmacs > 0

@@ -15,8 +15,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 from pathlib import Path
 
 HELP = "convert a .pth / .pdparams checkpoint to safetensors for a model"
@@ -32,20 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
     import tokenmix
     from tokenmix.models import create_model, load_weights
     from tokenmix.models.checkpoint import checkpoint_format
+    from tokenmix.utils import atomic_write, sha256_file
 
     if args.dst.suffix != ".safetensors":
         raise ValueError(f"{args.dst}: the output must be a .safetensors file")
@@ -69,13 +60,11 @@ def run(args: argparse.Namespace) -> int:
         "img_size": f"{height}x{width}",
         "source": args.src.name,
         "source_format": checkpoint_format(args.src),
-        "source_sha256": _sha256(args.src),
+        "source_sha256": sha256_file(args.src),
         "converted_by": f"tokenmix {tokenmix.__version__}",
     }
     args.dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.dst.with_name(args.dst.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, args.dst)
+    atomic_write(args.dst, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     print(
         f"{args.src} ({metadata['source_format']}) -> {args.dst}: {len(state)} tensors, "
         f"{args.model} at {metadata['img_size']}, {model.num_classes} classes"

@@ -53,7 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=None, help="decoding processes (default: CPU cores, <= 8)"
     )
     p.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda if available)")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast for the teacher")
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="bfloat16 autocast for the teacher where the device has bf16 units (else a "
+        "warning and float32)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

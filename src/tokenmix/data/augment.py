@@ -86,7 +86,7 @@ from kornia.augmentation.auto.operations import (
 from kornia.color import rgb_to_grayscale
 from kornia.enhance import sharpness
 
-from ..engine.losses import one_hot_smooth
+from ..utils import cut_box
 from .crops import crop_resize, full_boxes, sample_rrc_boxes
 
 _LEVEL_DENOM = 10.0  # timm's level scale
@@ -94,6 +94,13 @@ _KORNIA_SCALE = 30.0  # kornia's magnitude scale
 
 
 # --------------------------------------------------------------------------- config
+
+
+def one_hot_smooth(target: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """Integer labels -> probability rows with ``smoothing`` spread uniformly over all classes."""
+    off = smoothing / num_classes
+    out = torch.full((target.shape[0], num_classes), off, device=target.device)
+    return out.scatter_(1, target.long().unsqueeze(1), 1.0 - smoothing + off)
 
 
 @dataclass(frozen=True)
@@ -429,11 +436,16 @@ class MixParams:
         """
         if self.mode != "cutmix":
             return self.mix_targets(maps)
+        return self.paste(maps)
+
+    def paste(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, C, h, w]`` with the partner's cells inside ``box`` (scaled to ``h x w``,
+        edges rounded, so on a coarse grid the cells approximate the pixel box)."""
         assert self.box is not None
-        h, w = maps.shape[-2:]
+        h, w = x.shape[-2:]
         x0, y0, x1, y1 = (round(v * s) for v, s in zip(self.box, (w, h, w, h), strict=True))
-        out = maps.clone()
-        out[..., y0:y1, x0:x1] = maps.flip(0)[..., y0:y1, x0:x1]
+        out = x.clone()
+        out[..., y0:y1, x0:x1] = x.flip(0)[..., y0:y1, x0:x1]
         return out
 
 
@@ -448,11 +460,8 @@ def sample_mix(cfg: AugmentConfig, size: tuple[int, int]) -> MixParams:
     if not cutmix:
         return MixParams("mixup", lam)
     h, w = size
-    cut = math.sqrt(1.0 - lam)
-    cut_h, cut_w = int(h * cut), int(w * cut)
     cy, cx = int(torch.randint(0, h, ())), int(torch.randint(0, w, ()))
-    y0, y1 = min(max(cy - cut_h // 2, 0), h), min(max(cy + cut_h // 2, 0), h)
-    x0, x1 = min(max(cx - cut_w // 2, 0), w), min(max(cx + cut_w // 2, 0), w)
+    y0, x0, y1, x1 = cut_box((h, w), lam, (cy, cx))
     lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)  # timm's correct_lam
     return MixParams("cutmix", lam, (x0 / w, y0 / h, x1 / w, y1 / h))
 
@@ -462,12 +471,7 @@ def apply_mix(images: torch.Tensor, mix: MixParams) -> torch.Tensor:
     if mix.mode == "mixup":
         return images * mix.lam + images.flip(0) * (1.0 - mix.lam)
     if mix.mode == "cutmix":
-        assert mix.box is not None
-        h, w = images.shape[-2:]
-        x0, y0, x1, y1 = (round(v * s) for v, s in zip(mix.box, (w, h, w, h), strict=True))
-        out = images.clone()
-        out[..., y0:y1, x0:x1] = images.flip(0)[..., y0:y1, x0:x1]
-        return out
+        return mix.paste(images)
     return images
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -48,6 +47,8 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import kernels
+from ..utils import atomic_write
 from .crops import crop_resize
 from .transforms import SquashResize
 
@@ -87,12 +88,7 @@ def row_dtype(topk: int, grid: tuple[int, int], num_classes: int) -> np.dtype:
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
     """Write, fsync, then rename over ``path``: readers see the old or the new file, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj)))
 
 
 def _read_json(path: Path) -> Any:
@@ -402,7 +398,9 @@ def relabel_dataset(
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    # bf16 only where the device has bf16 units: elsewhere a warning and float32 (kernels.amp)
+    dtype = kernels.resolve_amp("bf16" if amp else "none", device)
+    autocast = kernels.autocast(device, dtype) if dtype is not None else nullcontext()
     row, committed = done, done
     with tqdm(
         total=len(ids), initial=done, unit="img", desc="relabel", disable=not progress

@@ -28,6 +28,7 @@ from PIL import Image
 from torch import nn
 
 from ..models.pretrained import PretrainedCfg
+from ..utils import to_2tuple
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -42,10 +43,6 @@ def _resample(name: str) -> Image.Resampling:
     if name not in _RESAMPLE:
         raise ValueError(f"unknown interpolation {name!r}; choose from {sorted(_RESAMPLE)}")
     return _RESAMPLE[name]
-
-
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:
@@ -71,7 +68,7 @@ class SquashResize:
     draft: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "size", _pair(self.size))
+        object.__setattr__(self, "size", to_2tuple(self.size))
         _resample(self.interpolation)
 
     @property
@@ -105,7 +102,7 @@ class ResizeCenterCrop:
     interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "size", _pair(self.size))
+        object.__setattr__(self, "size", to_2tuple(self.size))
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         _resample(self.interpolation)
@@ -177,7 +174,7 @@ def eval_transforms(
 
     Each keyword overrides the cfg's value (``img_size`` replaces ``input_size[1:]``).
     """
-    size = _pair(img_size) if img_size is not None else (cfg.input_size[1], cfg.input_size[2])
+    size = to_2tuple(img_size) if img_size is not None else (cfg.input_size[1], cfg.input_size[2])
     load = ResizeCenterCrop(
         size,
         crop_pct=cfg.crop_pct if crop_pct is None else crop_pct,

@@ -25,7 +25,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tokenmix.models.checkpoint import CheckpointError
+from tokenmix.utils import atomic_write
+from tokenmix.utils import fsync_path as _fsync
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 MODEL_FILE, EMA_FILE, STATE_FILE, BEST_FILE = (
@@ -41,20 +43,6 @@ MODEL_FILE, EMA_FILE, STATE_FILE, BEST_FILE = (
     "state.pt",
     "best.safetensors",
 )
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then fsync and rename ``tmp`` over ``path``.
-
-    A crash before the rename leaves ``path`` as it was (plus a stray ``.tmp`` file that the
-    next save overwrites).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    _fsync(tmp)
-    os.replace(tmp, path)
-    _fsync(path.parent)
 
 
 def weights_metadata(meta: Mapping[str, Any]) -> dict[str, str]:
@@ -165,18 +153,3 @@ def resolve_weights(path: str | Path) -> Path:
     if latest is not None:
         return latest / MODEL_FILE
     raise FileNotFoundError(f"no checkpoint found at {path}")
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or directory entry to disk (directories: where the OS allows it)."""
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -8,12 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def one_hot_smooth(target: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
-    """Integer labels -> probability rows with ``smoothing`` spread uniformly over all classes."""
-    off = smoothing / num_classes
-    out = torch.full((target.shape[0], num_classes), off, device=target.device)
-    return out.scatter_(1, target.long().unsqueeze(1), 1.0 - smoothing + off)
+from tokenmix.data.augment import one_hot_smooth
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

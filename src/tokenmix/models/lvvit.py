@@ -38,6 +38,7 @@ from ..kernels.ops import records_grad
 from ..layers import DropPath, DualPath, Mlp
 from ..layers.attention import Attention
 from ..layers.conv import conv_bn_relu
+from ..utils import cut_box, to_2tuple
 from .checkpoint import CheckpointError
 from .pretrained import PretrainedCfg
 from .registry import register_model
@@ -53,13 +54,6 @@ __all__ = [
 
 # stem name -> channels of its three convolutions (official PatchEmbed4_2 / PatchEmbed4_2_128)
 STEM_CHANNELS = {"4_2": 64, "4_2_128": 128}
-
-
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return v, v
-    h, w = v
-    return int(h), int(w)
 
 
 # --- MixToken -------------------------------------------------------------------------------
@@ -90,16 +84,7 @@ def mix_token_box(grid: tuple[int, int], lam: float, centre: tuple[int, int]) ->
     The box is clipped to the grid and its half sides are rounded down, so its true area
     usually differs from ``(1 - lam) * N``; the loss therefore uses :meth:`MixBox.lam`.
     """
-    rows, cols = grid
-    cut = math.sqrt(1.0 - lam)
-    half_r, half_c = int(rows * cut) // 2, int(cols * cut) // 2
-    r, c = centre
-    return MixBox(
-        min(max(r - half_r, 0), rows),
-        min(max(c - half_c, 0), cols),
-        min(max(r + half_r, 0), rows),
-        min(max(c + half_c, 0), cols),
-    )
+    return MixBox(*cut_box(grid, lam, centre))
 
 
 def sample_mix_box(grid: tuple[int, int], generator: torch.Generator | None = None) -> MixBox:
@@ -314,7 +299,7 @@ class LVViT(nn.Module):
         super().__init__()
         if stem not in STEM_CHANNELS:
             raise ValueError(f"stem must be one of {sorted(STEM_CHANNELS)}, got {stem!r}")
-        self.img_size = _pair(img_size)
+        self.img_size = to_2tuple(img_size)
         self.patch_size = patch_size
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dim

@@ -25,18 +25,12 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, LayerNormNoBias, Mlp, MlpHead, Scale, create_token_mixer
 from ..layers.token_mixers import resize_complex_weight
+from ..utils import to_2tuple
 from .checkpoint import CheckpointError
 from .pretrained import PretrainedCfg
 from .registry import register_model
 
 __all__ = ["MetaFormer", "MetaFormerBlock"]
-
-
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return v, v
-    h, w = v
-    return int(h), int(w)
 
 
 class Downsampling(nn.Module):
@@ -151,7 +145,7 @@ class MetaFormer(nn.Module):
         layer_scales = per_stage(layer_scale_init_values)
         res_scales = per_stage(res_scale_init_values)
         mixer_kwargs = mixer_kwargs or {}
-        self.img_size = _pair(img_size)
+        self.img_size = to_2tuple(img_size)
         self.num_classes = num_classes
         self.num_features = dims[-1]
         self.features_only = features_only

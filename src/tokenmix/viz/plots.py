@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from tokenmix.engine.checkpoint import atomic_write
+from tokenmix.utils import atomic_write
 
 
 def _save(fig: Any, path: Path) -> Path:
