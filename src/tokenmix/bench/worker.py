@@ -131,7 +131,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     try:
         result = JOBS[job["kind"]](job)
     except Exception as e:
-        if is_out_of_memory(e):
+        capped_onednn = bool(job.get("memory_limit")) and "could not create a primitive" in str(e)
+        if is_out_of_memory(e) or capped_onednn:
+            # under an address-space cap oneDNN reports a failed allocation as a failed
+            # primitive creation (seen for bf16 at 1024 px with a 0.2 GB cap)
             return {"status": "oom", "error": str(e).splitlines()[0][:300]}
         return {"status": "error", "error": f"{type(e).__name__}: {e}"[:2000]}
     return {"status": "ok", **result}
