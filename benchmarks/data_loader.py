@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from tokenmix.data.augment import AugmentConfig, TrainAugment
+from tokenmix.data.augment import TrainAugment, imagenet_recipe
 from tokenmix.data.datasets import open_dataset
 from tokenmix.data.loader import build_loader
 from tokenmix.data.transforms import SquashResize
@@ -38,7 +38,8 @@ def main() -> None:
     dataset = open_dataset(args.data, "train", transform=SquashResize(args.load_size))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     augment = TrainAugment(
-        AugmentConfig(),
+        imagenet_recipe(),
+        smoothing=0.1,
         img_size=args.load_size,
         num_classes=dataset.num_classes,
         mean=(0.485, 0.456, 0.406),

@@ -74,9 +74,11 @@ class DataConfig:
 class AugmentConfig:
     """Training augmentation, run batched on the device (:mod:`tokenmix.data.augment`).
 
-    Field names are those of :class:`tokenmix.data.augment.AugmentConfig`; label smoothing is
-    ``loss.label_smoothing``. The defaults are the plain timm baseline (random-resized crop and
-    flip); the ImageNet recipes add RandAugment, random erasing, Mixup and CutMix.
+    The one augmentation config: :class:`tokenmix.data.augment.TrainAugment` takes it as it is
+    (and checks what the loader cannot: the ``scale`` order, the RandAugment spec); label
+    smoothing is ``loss.label_smoothing``. The defaults are the plain timm baseline
+    (random-resized crop and flip); the ImageNet recipes add RandAugment, random erasing, Mixup
+    and CutMix (:func:`tokenmix.data.augment.imagenet_recipe`).
     """
 
     # RandomResizedCrop area fraction and aspect range; scale null = whole image, no crop.

@@ -66,7 +66,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import kornia.augmentation as K
@@ -86,6 +86,7 @@ from kornia.augmentation.auto.operations import (
 from kornia.color import rgb_to_grayscale
 from kornia.enhance import sharpness
 
+from ..config.schema import AugmentConfig
 from ..utils import cut_box
 from .crops import crop_resize, full_boxes, sample_rrc_boxes
 
@@ -93,7 +94,7 @@ _LEVEL_DENOM = 10.0  # timm's level scale
 _KORNIA_SCALE = 30.0  # kornia's magnitude scale
 
 
-# --------------------------------------------------------------------------- config
+# --------------------------------------------------------------------------- targets and config
 
 
 def one_hot_smooth(target: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
@@ -103,68 +104,46 @@ def one_hot_smooth(target: torch.Tensor, num_classes: int, smoothing: float = 0.
     return out.scatter_(1, target.long().unsqueeze(1), 1.0 - smoothing + off)
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    """What to augment with; defaults are the DeiT/MetaFormer/DFFormer ImageNet recipe.
+# The DeiT/MetaFormer/DFFormer ImageNet recipe on top of AugmentConfig's defaults (the ``aug``
+# section of configs/dfformer_s18_in1k.yaml); its label smoothing, 0.1, is ``loss.label_smoothing``.
+_IMAGENET_RECIPE: dict[str, Any] = {
+    "randaugment": "rand-m9-mstd0.5-inc1",
+    "erase_rate": 0.25,
+    "mixup_alpha": 0.8,
+    "cutmix_alpha": 1.0,
+}
 
-    Attributes:
-        scale: RandomResizedCrop area range (fraction of the image); ``None``: no crop, the
-            whole image resized.
-        ratio: RandomResizedCrop aspect range (width / height), log-uniform.
-        hflip_rate: probability of a horizontal flip.
-        interpolation: crop resampling, ``bilinear``, ``bicubic`` or ``nearest``.
-        rotation: maximum rotation in degrees (uniform in +-rotation); 0 = off.
-        randaugment: timm spec such as ``rand-m9-mstd0.5-inc1``; ``None`` = off.
-        randaugment_group: samples that share one draw of RandAugment operations.
-        color_jitter: brightness/contrast/saturation strength; 0 = off. timm ignores it when
-            RandAugment is on; here both apply if both are set.
-        erase_rate: probability of random erasing per sample; ``erase_mode``: ``pixel``/``const``.
-        mixup_alpha, cutmix_alpha: Beta parameters; 0 disables that kind of mixing.
-        mix_rate: probability that a batch is mixed at all.
-        switch_rate: probability of CutMix rather than Mixup when both are on.
-        smoothing: label smoothing of the targets.
+
+def imagenet_recipe(**overrides: Any) -> AugmentConfig:
+    """The ImageNet training recipe (RandAugment m9, erasing 0.25, Mixup 0.8, CutMix 1.0),
+    with ``overrides`` (any :class:`~tokenmix.config.schema.AugmentConfig` field) applied."""
+    return AugmentConfig(**{**_IMAGENET_RECIPE, **overrides})
+
+
+def check_config(cfg: AugmentConfig) -> None:
+    """Raise ``ValueError`` for an augmentation :class:`AugmentConfig` cannot run.
+
+    The config loader checks each field's type and range already; this also covers configs
+    built in code, the crop ``scale`` order and the RandAugment spec string.
     """
-
-    scale: tuple[float, float] | None = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip_rate: float = 0.5
-    interpolation: str = "bicubic"
-    rotation: float = 0.0
-    randaugment: str | None = "rand-m9-mstd0.5-inc1"
-    randaugment_group: int = 16
-    color_jitter: float = 0.0
-    erase_rate: float = 0.25
-    erase_mode: str = "pixel"
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 1.0
-    mix_rate: float = 1.0
-    switch_rate: float = 0.5
-    smoothing: float = 0.1
-
-    def __post_init__(self) -> None:
-        for name in ("hflip_rate", "erase_rate", "mix_rate", "switch_rate", "smoothing"):
-            value = getattr(self, name)
-            if not 0 <= value <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
-            raise ValueError(
-                f"interpolation must be bilinear, bicubic or nearest, got {self.interpolation!r}"
-            )
-        if self.erase_mode not in ("pixel", "const"):
-            raise ValueError(f"erase_mode must be 'pixel' or 'const', got {self.erase_mode!r}")
-        if self.scale is not None and not 0 < self.scale[0] <= self.scale[1] <= 1:
-            raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {self.scale}")
-        if (
-            self.mixup_alpha < 0
-            or self.cutmix_alpha < 0
-            or self.color_jitter < 0
-            or self.rotation < 0
-        ):
-            raise ValueError("mixup_alpha, cutmix_alpha, color_jitter and rotation must be >= 0")
-        if self.randaugment_group < 1:
-            raise ValueError(f"randaugment_group must be >= 1, got {self.randaugment_group}")
-        if self.randaugment is not None:
-            parse_randaugment(self.randaugment)
+    for name in ("hflip_rate", "erase_rate", "mix_rate", "switch_rate"):
+        value = getattr(cfg, name)
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if cfg.interpolation not in ("bilinear", "bicubic", "nearest"):
+        raise ValueError(
+            f"interpolation must be bilinear, bicubic or nearest, got {cfg.interpolation!r}"
+        )
+    if cfg.erase_mode not in ("pixel", "const"):
+        raise ValueError(f"erase_mode must be 'pixel' or 'const', got {cfg.erase_mode!r}")
+    if cfg.scale is not None and not 0 < cfg.scale[0] <= cfg.scale[1] <= 1:
+        raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {cfg.scale}")
+    if cfg.mixup_alpha < 0 or cfg.cutmix_alpha < 0 or cfg.color_jitter < 0 or cfg.rotation < 0:
+        raise ValueError("mixup_alpha, cutmix_alpha, color_jitter and rotation must be >= 0")
+    if cfg.randaugment_group < 1:
+        raise ValueError(f"randaugment_group must be >= 1, got {cfg.randaugment_group}")
+    if cfg.randaugment is not None:
+        parse_randaugment(cfg.randaugment)
 
 
 # --------------------------------------------------------------------------- RandAugment
@@ -508,9 +487,11 @@ class TrainAugment:
     :meth:`state_dict` / :meth:`load_state_dict` (the generator state).
 
     Args:
-        cfg: what to apply.
+        cfg: what to apply (the ``aug`` section of the run's config; checked with
+            :func:`check_config`; :func:`imagenet_recipe` is the ImageNet recipe).
         img_size: output ``(h, w)`` or an int.
         num_classes: width of the soft targets.
+        smoothing: label smoothing of the soft targets (``loss.label_smoothing``).
         mean, std: normalisation (the model's pretrained cfg).
         seed: seeds the module's generator; give each rank its own (``seed + rank``).
     """
@@ -521,11 +502,16 @@ class TrainAugment:
         *,
         img_size: int | tuple[int, int],
         num_classes: int,
+        smoothing: float = 0.0,
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
         seed: int = 0,
     ) -> None:
-        self.cfg = cfg
+        check_config(cfg)
+        if not 0 <= smoothing <= 1:
+            raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
+        self.cfg = replace(cfg)  # a copy: the kornia parts below are built from these values
+        self.smoothing = smoothing
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.num_classes = num_classes
         self.generator = torch.Generator().manual_seed(seed)
@@ -592,5 +578,5 @@ class TrainAugment:
             x = torch.where(keep, x, fill)
         mix = sample_mix(cfg, self.img_size)
         x = apply_mix(x, mix)
-        targets = mix.mix_targets(one_hot_smooth(labels, self.num_classes, cfg.smoothing))
+        targets = mix.mix_targets(one_hot_smooth(labels, self.num_classes, self.smoothing))
         return AugmentedBatch(x.contiguous(), targets, labels, boxes, flips, mix)

@@ -10,7 +10,6 @@ cfg, each overridable under ``data``).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -167,11 +166,11 @@ def build_augment(
     std: tuple[float, float, float],
 ) -> aug.TrainAugment:
     """The device-side training augmentation (``smoothing`` applied to its soft targets)."""
-    options = {**dataclasses.asdict(cfg), "smoothing": smoothing}
     return aug.TrainAugment(
-        aug.AugmentConfig(**options),
+        cfg,
         img_size=img_size,
         num_classes=num_classes,
+        smoothing=smoothing,
         mean=mean,
         std=std,
     )
