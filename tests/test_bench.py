@@ -199,3 +199,19 @@ def test_cli_rejects_unknown_models(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["bench", "--models", "dfformer_s81", "--res", "64"]) == 2
     assert "dfformer_s81" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_peak_share_uses_the_dtype_that_ran(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bf16 (or auto) row on a CPU without bf16 units ran float32: its %peak is taken against
+    the float32 peak, not against the emulated bf16 figure (which made it look 20x the peak)."""
+    from tokenmix import kernels
+    from tokenmix.bench.suite import computed_dtype, matmul_peak
+
+    monkeypatch.setattr(kernels, "native_bf16", lambda device: native)
+    machine = {"matmul_peak_gflops": {"fp32_blas": 100.0, "fp32_onednn": 120.0, "bf16_blas": 3.0}}
+    ran = computed_dtype("bf16", "cpu")
+    assert ran == ("bf16" if native else "fp32")
+    assert computed_dtype("auto", "cpu") == ran
+    assert computed_dtype("fp32", "cpu") == "fp32"
+    assert matmul_peak(machine, ran) == (3.0 if native else 120.0)

@@ -8,87 +8,29 @@ it cuts the connection. Every test uses tiny files and short timeouts.
 from __future__ import annotations
 
 import hashlib
-import http.server
-import re
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tokenmix import download as dl
 
-
-@dataclass
-class File:
-    body: bytes
-    etag: str | None = '"v1"'
-    last_modified: str | None = None
-    honour_if_range: bool = True
-    send_length: bool = True
-    cut_after: list[int] = field(default_factory=list)  # next GETs: drop after N bytes
+from .fileserver import FileServer, Served, serve
 
 
-@dataclass
-class State:
-    files: dict[str, File] = field(default_factory=dict)
-    requests: list[dict[str, str | None]] = field(default_factory=list)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        state: State = self.server.state  # type: ignore[attr-defined]
-        name = self.path.lstrip("/")
-        rng, if_range = self.headers.get("Range"), self.headers.get("If-Range")
-        state.requests.append({"name": name, "range": rng, "if_range": if_range})
-        f = state.files.get(name)
-        if f is None:
-            self.send_error(404)
-            return
-        start = 0
-        valid = if_range is None or not f.honour_if_range or if_range in (f.etag, f.last_modified)
-        if rng and valid:
-            start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(f.body) - 1}/{len(f.body)}")
-        else:
-            self.send_response(200)
-        chunk = f.body[start:]
-        if f.etag:
-            self.send_header("ETag", f.etag)
-        if f.last_modified:
-            self.send_header("Last-Modified", f.last_modified)
-        if f.send_length:
-            self.send_header("Content-Length", str(len(chunk)))
-        self.end_headers()
-        if f.cut_after:
-            self.wfile.write(chunk[: f.cut_after.pop(0)])
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
-            self.close_connection = True
-            return
-        self.wfile.write(chunk)
+def File(body: bytes, etag: str | None = '"v1"', **how: object) -> Served:
+    """A served file with a fixed ETag ``"v1"`` unless told otherwise."""
+    return Served(body, etag=etag, **how)  # type: ignore[arg-type]
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, State]]:
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, FileServer]]:
     monkeypatch.delenv(dl.ENV_OFFLINE, raising=False)
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.state = State()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.state  # type: ignore[attr-defined]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serve() as state:
+        yield state.url, state
 
 
 def _get(url: str, dest: Path, **kwargs: object) -> dl.Downloaded:
@@ -96,7 +38,7 @@ def _get(url: str, dest: Path, **kwargs: object) -> dl.Downloaded:
     return dl.download_file(url, dest, **kwargs)  # type: ignore[arg-type]
 
 
-def _interrupted(url: str, dest: Path, state: State, name: str, n: int) -> None:
+def _interrupted(url: str, dest: Path, state: FileServer, name: str, n: int) -> None:
     """An earlier run that stopped after ``n`` bytes, leaving ``.part`` and its record."""
     state.files[name].cut_after.append(n)
     with pytest.raises(dl.DownloadError, match=f"{n} bytes kept in"):

@@ -9,15 +9,13 @@ reach the internet.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import json
 import pickle
 import re
 import socket
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,91 +28,16 @@ from tokenmix.models import get_pretrained_cfg, hub, list_models, registry
 from tokenmix.models.hub import ChecksumError, WeightsError
 
 from .conftest import REFERENCE, require
+from .fileserver import FileServer, serve
 
 ARCH = "test_dfformer"
 
 
-# --- a local weights server ------------------------------------------------------------------
-@dataclass
-class Server:
-    """What the fake server holds, what it will do next, and what it was asked."""
-
-    url: str = ""
-    files: dict[str, bytes] = field(default_factory=dict)
-    drop_after: dict[str, int] = field(default_factory=dict)  # next GET of file: cut after N
-    honour_range: bool = True
-    validators: bool = True  # send an ETag (and honour If-Range), as release hosts do
-    no_length: set[str] = field(default_factory=set)  # files sent without Content-Length
-    requests: list[tuple[str, str | None]] = field(default_factory=list)
-    stop: Callable[[], None] = lambda: None
-
-    def gets(self, name: str) -> list[str | None]:
-        """Range headers of the requests for ``name`` (None: no Range)."""
-        return [r for p, r in self.requests if p == name]
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:  # keep pytest output clean
-        pass
-
-    def do_GET(self) -> None:
-        state = self.server.state  # type: ignore[attr-defined]
-        name = self.path.lstrip("/")
-        header = self.headers.get("Range")
-        state.requests.append((name, header))
-        body = state.files.get(name)
-        if body is None:
-            self.send_error(404, "no such file")
-            return
-        start = 0
-        etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
-        if_range = self.headers.get("If-Range")
-        if header and state.honour_range and (if_range is None or if_range == etag):
-            start = int(re.fullmatch(r"bytes=(\d+)-", header).group(1))
-            if start >= len(body):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(body)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        else:
-            self.send_response(200)
-        chunk = body[start:]
-        if state.validators:
-            self.send_header("ETag", etag)
-        if name not in state.no_length:  # else the body ends when the connection closes
-            self.send_header("Content-Length", str(len(chunk)))
-        self.end_headers()
-        cut = state.drop_after.pop(name, None)
-        if cut is not None:  # send part of the body, then drop the connection
-            self.wfile.write(chunk[:cut])
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
-            self.close_connection = True
-            return
-        self.wfile.write(chunk)
-
-
+# --- a local weights server (tests/fileserver.py) -------------------------------------------
 @pytest.fixture
-def server() -> Iterator[Server]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    state = Server(url=f"http://127.0.0.1:{httpd.server_address[1]}")
-    httpd.state = state  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    stopped = threading.Event()
-
-    def stop() -> None:
-        if not stopped.is_set():
-            stopped.set()
-            httpd.shutdown()
-            httpd.server_close()
-
-    state.stop = stop
-    yield state
-    stop()
+def server() -> Iterator[FileServer]:
+    with serve() as state:
+        yield state
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +54,7 @@ def _local_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, server: Server) -> Path:
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, server: FileServer) -> Path:
     """A fresh cache, the mirror pointed at the local server, no retry delays."""
     monkeypatch.setenv(hub.ENV_HOME, str(tmp_path / "home"))
     monkeypatch.setenv(hub.ENV_BASE_URL, server.url)
@@ -183,12 +106,12 @@ def _output(model: torch.nn.Module) -> torch.Tensor:
 
 
 @pytest.fixture
-def official(monkeypatch: pytest.MonkeyPatch, server: Server, env: Path):
+def official(monkeypatch: pytest.MonkeyPatch, server: FileServer, env: Path):
     """A published fake checkpoint: (name, file bytes, source model)."""
     source = _source_model()
     # the layout of a timm training script's release: state_dict under a key, plus metadata
     data = _pth_bytes({"state_dict": source.state_dict(), "epoch": 299})
-    server.files["test_dfformer_fake.pth"] = data
+    server.put("test_dfformer_fake.pth", data)
     name = publish(monkeypatch, "test_dfformer_fake.pth")
     return name, data, source
 
@@ -216,7 +139,7 @@ def test_first_download_then_cache_hit_with_server_stopped(official, server, env
 
 def test_resume_after_dropped_connection(official, server, env) -> None:
     name, data, source = official
-    server.drop_after["test_dfformer_fake.pth"] = len(data) // 3
+    server.files["test_dfformer_fake.pth"].cut_after.append(len(data) // 3)
     path = hub.download_weights(name, progress=False)
     assert path.read_bytes() == data
     assert server.gets("test_dfformer_fake.pth") == [None, f"bytes={len(data) // 3}-"]
@@ -225,7 +148,7 @@ def test_resume_after_dropped_connection(official, server, env) -> None:
 
 def _earlier_run_stopped_after(name: str, file: str, n: int, server, monkeypatch) -> None:
     """A run that lost its connection after ``n`` bytes and gave up: ``.part`` + its record."""
-    server.drop_after[file] = n
+    server.files[file].cut_after.append(n)
     monkeypatch.setattr(hub, "_ATTEMPTS", 1)
     with pytest.raises(WeightsError, match=f"{n} bytes kept in"):
         hub.download_weights(name, progress=False)
@@ -244,7 +167,7 @@ def test_resume_partial_file_from_an_earlier_run(official, server, env, monkeypa
 def test_server_without_range_support_restarts_cleanly(official, server, env) -> None:
     name, data, _ = official
     server.honour_range = False
-    server.drop_after["test_dfformer_fake.pth"] = 5000
+    server.files["test_dfformer_fake.pth"].cut_after.append(5000)
     assert hub.download_weights(name, progress=False).read_bytes() == data
     assert server.gets("test_dfformer_fake.pth") == [None, "bytes=5000-"]
 
@@ -259,12 +182,12 @@ def test_part_longer_than_the_file_starts_over(official, server, env, monkeypatc
 
 def test_published_hash_is_checked(monkeypatch, server, env) -> None:
     data = _pth_bytes(_source_model().state_dict())
-    server.files["good.pth"] = data
+    server.put("good.pth", data)
     good = publish(monkeypatch, "good.pth", tag="good", sha256=hashlib.sha256(data).hexdigest())
     hub.download_weights(good, progress=False)
     assert json.loads((env / "good.pth.json").read_text())["sha256_source"] == "published"
 
-    server.files["bad.pth"] = data
+    server.put("bad.pth", data)
     bad = publish(monkeypatch, "bad.pth", tag="bad", sha256=hashlib.sha256(b"other").hexdigest())
     with pytest.raises(ChecksumError, match=r"bad\.pth: SHA-256 .* does not match"):
         tokenmix.create_model(bad, pretrained=True)
@@ -275,7 +198,7 @@ def test_published_hash_is_checked(monkeypatch, server, env) -> None:
 
 
 def test_published_size_is_checked(monkeypatch, server, env) -> None:
-    server.files["sized.pth"] = b"x" * 100
+    server.put("sized.pth", b"x" * 100)
     name = publish(monkeypatch, "sized.pth", tag="sized", num_bytes=99)
     with pytest.raises(ChecksumError, match="got 100 bytes, expected 99"):
         hub.download_weights(name, progress=False)
@@ -424,7 +347,7 @@ def test_resume_never_splices_a_replaced_file(official, server, env, monkeypatch
     _earlier_run_stopped_after(name, FAKE, 1000, server, monkeypatch)
     replaced = bytearray(data)
     replaced[500] ^= 0xFF  # same size, differs inside the part we already have
-    server.files[FAKE] = bytes(replaced)
+    server.put(FAKE, bytes(replaced))
     assert hub.download_weights(name, progress=False).read_bytes() == bytes(replaced)
     assert server.gets(FAKE) == ["bytes=1000-"]  # asked to resume, got the whole new file
 
@@ -432,8 +355,8 @@ def test_resume_never_splices_a_replaced_file(official, server, env, monkeypatch
 def test_no_validator_means_no_resume(official, server, env) -> None:
     """Hole 1: without an ETag/Last-Modified a dropped download starts again from zero."""
     name, data, _ = official
-    server.validators = False
-    server.drop_after[FAKE] = 3000
+    server.files[FAKE].etag = None
+    server.files[FAKE].cut_after.append(3000)
     assert hub.download_weights(name, progress=False).read_bytes() == data
     assert server.gets(FAKE) == [None, None]
 
@@ -441,8 +364,8 @@ def test_no_validator_means_no_resume(official, server, env) -> None:
 def test_body_without_length_that_ends_early_is_not_cached(official, server, env) -> None:
     """Hole 2: no Content-Length, no hash: the weights must load before they are kept."""
     name, data, source = official
-    server.no_length.add(FAKE)
-    server.drop_after[FAKE] = len(data) // 2  # looks like a complete body to the client
+    server.files[FAKE].send_length = False
+    server.files[FAKE].cut_after.append(len(data) // 2)  # looks like a complete body to the client
     with pytest.raises(ChecksumError, match=r"sent no size .* does not load"):
         hub.download_weights(name, progress=False)
     assert sorted(p.name for p in env.iterdir()) == []
@@ -458,7 +381,7 @@ def test_recorded_hash_is_a_pin_until_refresh(official, server, env, capsys) -> 
     old = hashlib.sha256(data).hexdigest()
     other = _pth_bytes({"state_dict": _source_model(seed=9).state_dict()})
     new = hashlib.sha256(other).hexdigest()
-    server.files[FAKE] = other
+    server.put(FAKE, other)
     (env / FAKE).write_bytes(data[:-10])  # local corruption
     with pytest.raises(ChecksumError) as err:
         hub.download_weights(name, progress=False)
@@ -469,7 +392,7 @@ def test_recorded_hash_is_a_pin_until_refresh(official, server, env, capsys) -> 
 
     assert hub.download_weights(name, refresh=True, progress=False).read_bytes() == other
     assert hub.cache_record(name)["sha256"] == new
-    server.files[FAKE] = data
+    server.put(FAKE, data)
     assert cli_main(["download", name, "--refresh", "--no-progress"]) == 0
     assert old in capsys.readouterr().out and (env / FAKE).read_bytes() == data
 
@@ -603,7 +526,7 @@ def test_paddle_checkpoint_is_converted_on_the_fly(monkeypatch, server, env) -> 
     if not hasattr(paddle, "convert_paddle_metaformer"):
         pytest.skip("tokenmix.models.paddle.convert_paddle_metaformer is not written yet")
     source = _source_model(seed=5)
-    server.files["test_dfformer_fake.pdparams"] = pickle.dumps(_paddle_layout(source), protocol=4)
+    server.put("test_dfformer_fake.pdparams", pickle.dumps(_paddle_layout(source), protocol=4))
     name = publish(
         monkeypatch, "test_dfformer_fake.pdparams", tag="paddle", source_format="pdparams"
     )
@@ -615,7 +538,7 @@ def test_paddle_checkpoint_is_converted_on_the_fly(monkeypatch, server, env) -> 
 def test_real_paddle_file_served_and_converted(monkeypatch, server, env) -> None:
     """The reference ``.pdparams`` written by Paddle itself, downloaded and loaded: same logits."""
     case = require(REFERENCE / "paddle" / "seed_dfformer_tiny.pdparams")
-    server.files["seed_dfformer_tiny.pdparams"] = case.read_bytes()
+    server.put("seed_dfformer_tiny.pdparams", case.read_bytes())
     name = publish(monkeypatch, "seed_dfformer_tiny.pdparams", tag="seed", source_format="pdparams")
     model = tokenmix.create_model(name, pretrained=True).eval()
     expected = np.load(case.with_suffix(".npz"))

@@ -240,7 +240,9 @@ def run_suite(config: SuiteConfig, progress: bool = True) -> SuiteResult:
                 row.throughput = config.batch / t["median"]
                 passes = 3 if config.train else 1  # backward costs about twice the forward
                 row.gflops_per_s = 2 * macs * config.batch * passes / t["median"] / 1e9
-                peak = matmul_peak(result.machine, parse_variant(path, config.dtype)[1])
+                peak = matmul_peak(
+                    result.machine, computed_dtype(parse_variant(path, config.dtype)[1], config.device)
+                )
                 if peak:
                     row.matmul_peak_share = row.gflops_per_s / peak
         _add_ratios(rows)
@@ -296,6 +298,17 @@ def format_table(result: SuiteResult) -> str:
             f"%peak: achieved GFLOP/s over the best measured matmul of that dtype ({peaks})"
         )
     return "\n".join(lines)
+
+
+def computed_dtype(request: str, device: str) -> str:
+    """The dtype a request really computes in: ``auto`` and ``bf16`` are float32 where the
+    device has no bf16 units (:func:`tokenmix.kernels.resolve_amp`), so their share of the peak
+    must be taken against the float32 peak, not against the emulated bf16 one."""
+    from .. import kernels
+
+    if request in ("auto", "bf16"):
+        return "bf16" if kernels.native_bf16(device) else "fp32"
+    return request
 
 
 def matmul_peak(machine: dict[str, Any], dtype: str) -> float | None:
