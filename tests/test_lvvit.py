@@ -277,3 +277,32 @@ def test_features_only_backbone_loads_a_full_checkpoint(tmp_path) -> None:
 def test_unknown_stem_is_an_error() -> None:
     with pytest.raises(ValueError, match="stem must be one of"):
         tokenmix.create_model("test_lvvit", stem="7x7")
+
+
+@pytest.mark.parametrize(("patch", "stride", "grid"), [(4, 2, 8), (2, 1, 16), (4, 1, 8)])
+def test_small_input_stem_sets_the_token_grid(patch: int, stride: int, grid: int) -> None:
+    """At 32 px the official 16 px patches leave 2x2 tokens; ``patch_size`` and ``stem_stride``
+    give a real grid, with position embeddings for it, and token labeling trains on it."""
+    from tokenmix.layers.reference import set_reference_mode
+
+    model = tokenmix.create_model("test_lvvit", img_size=32, patch_size=patch, stem_stride=stride)
+    assert model.grid_size == (grid, grid)
+    assert model.pos_embed.shape[1] == grid * grid + 1
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        fast = model(x)
+        reference = set_reference_mode(model)(x)
+        assert model.forward_intermediates(x, intermediates_only=True)[0].shape[-1] == grid
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+    set_reference_mode(model, False)
+    model.token_labeling = True
+    cls, aux, _ = model.train()(x)
+    assert aux.shape == (2, grid * grid, 10)
+    (cls.sum() + aux.sum()).backward()
+    assert model.patch_embed.conv1.weight.grad is not None
+
+
+def test_stem_stride_must_divide_the_patch_size() -> None:
+    with pytest.raises(ValueError, match="patch_size 6 must be a multiple"):
+        tokenmix.create_model("test_lvvit", patch_size=6, stem_stride=4)

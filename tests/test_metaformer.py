@@ -117,3 +117,46 @@ def test_non_square_input_runs() -> None:
     with torch.no_grad():
         out = model(torch.randn(1, 3, 80, 112))
     assert out.shape == (1, 10) and torch.isfinite(out).all()
+
+
+# --- small-input stems ----------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["test_dfformer", "test_cdfformer", "test_caformer"])
+@pytest.mark.parametrize(("stride", "grids"), [(1, (32, 16, 8, 4)), (2, (16, 8, 4, 2))])
+def test_stem_stride_keeps_tokens_for_small_inputs(arch: str, stride: int, grids: tuple) -> None:
+    """At 32 px the official stride-4 stem leaves 1x1 tokens in stage 4; stride 1 or 2 keeps
+    more. Filters are stored for the grid they run at, and fast equals reference."""
+    from tokenmix.layers.reference import set_reference_mode
+
+    model = tokenmix.create_model(arch, img_size=32, stem_stride=stride).eval()
+    assert model.downsample_layers[0].conv.stride == (stride, stride)
+    assert [f["reduction"] for f in model.feature_info] == [stride * 2**i for i in range(4)]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        _, feats = model.forward_intermediates(x)
+        assert [f.shape[-1] for f in feats] == list(grids)
+        for name, p in model.named_parameters():
+            if name.endswith("complex_weights"):
+                stage = int(name.split(".")[1])
+                assert p.shape[:2] == (grids[stage], grids[stage] // 2 + 1), name
+        fast = model(x)
+        reference = set_reference_mode(model)(x)
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_stem_stride_model_trains_a_step() -> None:
+    model = tokenmix.create_model("test_dfformer", img_size=32, stem_stride=1).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    before = model.downsample_layers[0].conv.weight.detach().clone()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert not torch.equal(before, model.downsample_layers[0].conv.weight)
+
+
+def test_default_stem_is_the_official_one() -> None:
+    conv = tokenmix.create_model("test_dfformer").downsample_layers[0].conv
+    assert (conv.kernel_size, conv.stride, conv.padding) == ((7, 7), (4, 4), (2, 2))
+    with pytest.raises(ValueError, match="stem_kernel 1 < stem_stride 2"):
+        tokenmix.create_model("test_dfformer", stem_stride=2, stem_kernel=1)
+    with pytest.raises(ValueError, match="stem_stride must be >= 1"):
+        tokenmix.create_model("test_dfformer", stem_stride=0)

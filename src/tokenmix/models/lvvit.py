@@ -148,29 +148,39 @@ class ConvStem(DualPath):
     """Patch embedding "4_2": conv 7x7/2 + BN + ReLU, two conv 3x3 + BN + ReLU, then a
     ``patch_size // 2`` strided projection. Output ``[B, embed_dim, H/16, W/16]`` (NCHW).
 
+    ``stem_stride`` (official: 2) is the stride of the first convolution; the projection
+    strides by the rest of ``patch_size``. Small inputs use it to keep full-resolution stem
+    features: ``patch_size=2, stem_stride=1`` at 32 px gives 16x16 tokens.
+
     The fast path runs channels-last in inference and folds each BatchNorm into its
     convolution in eval mode, with the ReLU fused in CPU inference
     (``tokenmix.layers.conv.conv_bn_relu``)."""
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, stem_chs: int) -> None:
+    def __init__(
+        self, in_chans: int, embed_dim: int, patch_size: int, stem_chs: int, stem_stride: int = 2
+    ) -> None:
         super().__init__()
-        if patch_size % 2:
-            raise ValueError(f"patch_size must be even for the conv stem, got {patch_size}")
-        self.conv1 = nn.Conv2d(in_chans, stem_chs, 7, stride=2, padding=3, bias=False)
+        if stem_stride < 1 or patch_size % stem_stride:
+            raise ValueError(
+                f"patch_size {patch_size} must be a multiple of the stem's first stride "
+                f"{stem_stride} (official: 16 and 2)"
+            )
+        self.conv1 = nn.Conv2d(in_chans, stem_chs, 7, stride=stem_stride, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_chs)
         self.conv2 = nn.Conv2d(stem_chs, stem_chs, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(stem_chs)
         self.conv3 = nn.Conv2d(stem_chs, stem_chs, 3, stride=1, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(stem_chs)
         self.act = nn.ReLU(inplace=True)
-        self.proj = nn.Conv2d(stem_chs, embed_dim, patch_size // 2, stride=patch_size // 2)
-        self.patch_size = patch_size
+        step = patch_size // stem_stride
+        self.proj = nn.Conv2d(stem_chs, embed_dim, step, stride=step)
+        self.patch_size, self.stem_stride = patch_size, stem_stride
         self.kernels = {"conv_relu": kernels.choose("conv_relu"), "stem": kernels.choose("stem")}
 
     def grid_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
-        """Patch grid for an input size (the 7x7/2 conv rounds up, the projection down)."""
-        step = self.patch_size // 2
-        return ((img_size[0] + 1) // 2) // step, ((img_size[1] + 1) // 2) // step
+        """Patch grid for an input size (the 7x7 conv rounds up, the projection down)."""
+        s, step = self.stem_stride, self.patch_size // self.stem_stride
+        return ((img_size[0] - 1) // s + 1) // step, ((img_size[1] - 1) // s + 1) // step
 
     def _layers(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self.kernels["conv_relu"]
@@ -191,7 +201,9 @@ class ConvStem(DualPath):
         # at a time, so its full-resolution activations (3.2 MB per image at 224) stay small.
         # Freshly allocated tensors of tens of MB are handed back to the OS by glibc and
         # page-faulted in again on the next batch (README, "Page faults and glibc").
-        per_image = self.conv1.out_channels * x.shape[-2] * x.shape[-1] // 4 * x.element_size()
+        per_image = (
+            self.conv1.out_channels * x.shape[-2] * x.shape[-1] // self.stem_stride**2
+        ) * x.element_size()
         step = max(1, kernels.policy.stem_chunk_bytes() // max(per_image, 1))
         if x.shape[0] <= step:
             return self._layers(x)
@@ -263,6 +275,8 @@ class LVViT(nn.Module):
         img_size: input size the position embeddings are stored for; other sizes work too
             (the embeddings are resized on the fly, and when a checkpoint is loaded).
         patch_size: total stride of the stem (16).
+        stem_stride: stride of the stem's first convolution (2); with ``patch_size`` it sets
+            the token grid for small inputs (e.g. 4 and 2, or 2 and 1, at 32 px).
         stem: ``"4_2"`` (64 stem channels) or ``"4_2_128"`` (128, LV-ViT-L).
         skip_lam: divisor of every residual branch.
         head_dim, qk_scale, qkv_bias: attention options of the official code.
@@ -295,6 +309,7 @@ class LVViT(nn.Module):
         token_labeling: bool = False,
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
+        stem_stride: int = 2,
     ) -> None:
         super().__init__()
         if stem not in STEM_CHANNELS:
@@ -312,7 +327,9 @@ class LVViT(nn.Module):
         self.pretrained_cfg = _cfg()
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.patch_embed = ConvStem(in_chans, embed_dim, patch_size, STEM_CHANNELS[stem])
+        self.patch_embed = ConvStem(
+            in_chans, embed_dim, patch_size, STEM_CHANNELS[stem], stem_stride=stem_stride
+        )
         self.grid_size = self.patch_embed.grid_size(self.img_size)
         num_patches = self.grid_size[0] * self.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))

@@ -100,13 +100,19 @@ class MetaFormer(nn.Module):
         dims: channels per stage.
         token_mixers: a mixer name for all stages, or one per stage (see
             ``tokenmix.layers.TOKEN_MIXERS``).
-        img_size: input size the FFT filters are stored for (``H // 4`` ... ``H // 32``); other
-            inputs work too, the filters are resized on the fly.
+        img_size: input size the FFT filters are stored for (``H // 4`` ... ``H // 32`` with the
+            official stem); other inputs work too, the filters are resized on the fly.
         mixer_kwargs: extra options per mixer name, e.g. ``{"dynamic_filter": {"num_filters": 2}}``.
         res_scale_init_values: per stage; ``None`` means no res_scale (the official default
             uses it in stages 3 and 4 only).
         head_type: ``"mlp"`` (the official MlpHead) or ``"linear"``.
         features_only: build without norm and head; ``forward`` returns the stage maps.
+        stem_stride: stride of the stem convolution (official: 4). Small inputs keep more
+            tokens with 2 or 1: at 32 px, stride 4 leaves 8x8 tokens in stage 1 and 1x1 in
+            stage 4; stride 1 gives 32x32 ... 4x4. Filters are sized for the stride.
+        stem_kernel: stem kernel size; None: 7 at stride 4 (official), 3 at strides 1 and 2.
+            Padding keeps ``H / stem_stride`` outputs. Only the official stem (7, 4) loads
+            the published weights.
     """
 
     def __init__(
@@ -128,9 +134,18 @@ class MetaFormer(nn.Module):
         mixer_kwargs: dict[str, dict[str, Any]] | None = None,
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3),
+        stem_stride: int = 4,
+        stem_kernel: int | None = None,
     ) -> None:
         super().__init__()
         num_stages = len(depths)
+        if stem_stride < 1:
+            raise ValueError(f"stem_stride must be >= 1, got {stem_stride}")
+        stem_kernel = stem_kernel or (7 if stem_stride == 4 else max(3, 2 * stem_stride - 1))
+        if stem_kernel < stem_stride:
+            raise ValueError(
+                f"stem_kernel {stem_kernel} < stem_stride {stem_stride} would skip pixels"
+            )
         if len(dims) != num_stages:
             raise ValueError(f"depths {tuple(depths)} and dims {tuple(dims)} differ in length")
         mixers = (
@@ -155,7 +170,16 @@ class MetaFormer(nn.Module):
 
         chans = [in_chans, *dims]
         self.downsample_layers = nn.ModuleList(
-            [Downsampling(in_chans, dims[0], 7, 4, 2, post_norm=True)]
+            [
+                Downsampling(
+                    in_chans,
+                    dims[0],
+                    stem_kernel,
+                    stem_stride,
+                    (stem_kernel - stem_stride + 1) // 2,  # official (7, 4): padding 2
+                    post_norm=True,
+                )
+            ]
             + [
                 Downsampling(chans[i], chans[i + 1], 3, 2, 1, pre_norm=True)
                 for i in range(1, num_stages)
@@ -166,7 +190,8 @@ class MetaFormer(nn.Module):
         self.feature_info: list[dict[str, Any]] = []
         first = 0
         for i in range(num_stages):
-            size = (self.img_size[0] // 2 ** (i + 2), self.img_size[1] // 2 ** (i + 2))
+            reduction = stem_stride * 2**i
+            size = (self.img_size[0] // reduction, self.img_size[1] // reduction)
             blocks = [
                 MetaFormerBlock(
                     dims[i],
@@ -182,7 +207,7 @@ class MetaFormer(nn.Module):
             first += depths[i]
             self.stages.append(nn.Sequential(*blocks))
             self.feature_info.append(
-                {"num_chs": dims[i], "reduction": 2 ** (i + 2), "module": f"stages.{i}"}
+                {"num_chs": dims[i], "reduction": reduction, "module": f"stages.{i}"}
             )
 
         if features_only:
