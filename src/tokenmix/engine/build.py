@@ -148,8 +148,15 @@ def build_loaders(
     seed: int,
     rank: int,
     world_size: int,
+    progress: bool = False,
 ) -> tuple[Loader, Loader]:
     """Training loader (shuffled per epoch, resumable) and evaluation loader (in order)."""
+    if cfg.cache:
+        from ..data.cache import CachedDataset
+
+        fill = {"num_workers": cfg.num_workers, "progress": progress}
+        train_set = CachedDataset(train_set, name="train", **fill)
+        val_set = CachedDataset(val_set, name="val", **fill)
     common = {"num_workers": cfg.num_workers, "rank": rank, "world_size": world_size}
     train = build_loader(train_set, batch_size=micro_batch, train=True, seed=seed, **common)
     val = build_loader(val_set, batch_size=eval_batch, train=False, **common)
