@@ -63,6 +63,14 @@ class DataConfig:
     num_workers: int = bounded(2, ge=0)
     # What to do with an image that fails to decode: stop naming it, or skip it with a warning.
     bad_images: Literal["error", "skip"] = "error"
+    # Images whose header declares more pixels are bad images, refused before decoding
+    # (decompression bombs); null = Pillow's limit only. Default 2**26 (8192 x 8192).
+    max_pixels: int | None = bounded(2**26, ge=1)
+    # List files may name absolute paths or climb above their root with '..' only when true.
+    allow_outside_root: bool = False
+    # Decode both sets once and keep them in RAM as uint8 at their load size (CIFAR-10 at 32 px:
+    # 180 MiB): later epochs only index. For small data on few cores (tokenmix.data.cache).
+    cache: bool = False
     # Eval transform; None takes each from the model's pretrained cfg.
     crop_pct: float | None = bounded(None, gt=0.0, le=1.0)
     interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
