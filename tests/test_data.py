@@ -25,6 +25,7 @@ from PIL import Image
 
 from tokenmix.data import download as download_mod
 from tokenmix.data.datasets import (
+    MAX_UNNAMED_CLASSES,
     ArrayDataset,
     ImageFolder,
     ListFileDataset,
@@ -32,7 +33,7 @@ from tokenmix.data.datasets import (
     open_cifar10,
     open_dataset,
 )
-from tokenmix.data.decode import BadImageError, decode_image, to_rgb
+from tokenmix.data.decode import DEFAULT_MAX_PIXELS, BadImageError, decode_image, to_rgb
 from tokenmix.data.download import DownloadError, download_cifar10, download_url
 from tokenmix.data.loader import ResumableSampler, build_loader
 from tokenmix.data.transforms import Normalize, ResizeCenterCrop, SquashResize, eval_transforms
@@ -176,6 +177,37 @@ def test_decode_draft_shrinks_large_jpeg_but_not_below_request() -> None:
 # --------------------------------------------------------------------------- transforms
 
 
+def _bomb(path: Path, side: int) -> Path:
+    """A ``side`` x ``side`` black PNG: a few KB on disk, ``side**2`` pixels once decoded."""
+    Image.new("1", (side, side)).save(path)
+    return path
+
+
+def test_decode_refuses_images_above_max_pixels_before_decoding(tmp_path: Path) -> None:
+    bomb = _bomb(tmp_path / "bomb.png", 3000)
+    assert bomb.stat().st_size < 10_000  # highly compressible, like a real bomb
+    with pytest.raises(BadImageError, match=r"bomb.png: 3000x3000 = 9,000,000 pixels exceeds"):
+        decode_image(bomb, max_pixels=1_000_000)
+    assert decode_image(bomb, max_pixels=9_000_000).size == (3000, 3000)  # the cap is inclusive
+    assert decode_image(bomb, max_pixels=None).size == (3000, 3000)
+    # the default sits below Pillow's warn-only zone (13000**2 only warned there)
+    assert 3000**2 < DEFAULT_MAX_PIXELS < Image.MAX_IMAGE_PIXELS < 13000**2
+
+
+def test_dataset_max_pixels_follows_bad_image_policy(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "d", {"a": 2, "b": 2}, size=(8, 8))
+    _bomb(root / "a" / "001.png", 2000)
+    ds = open_dataset(root, transform=SquashResize(8), max_pixels=1_000_000)
+    with pytest.raises(BadImageError, match=r"a/001.png: 2000x2000"):
+        ds[1]
+    ds = open_dataset(root, bad_images="skip", transform=SquashResize(8), max_pixels=1_000_000)
+    assert isinstance(ds[1], SkippedSample) and "2000x2000" in ds[1].reason
+    loader = build_loader(ds, batch_size=4, train=False, num_workers=0)
+    loader.set_epoch(0)
+    assert torch.cat([b[2] for b in loader]).tolist() == [0, 2, 3]
+    assert loader.num_skipped == 1 and loader.skipped[0][0] == "a/001.png"
+
+
 def test_resize_center_crop_matches_torchvision_rule() -> None:
     img = _gradient(300, 200)
     t = ResizeCenterCrop(224, crop_pct=0.875, interpolation="bicubic")
@@ -284,6 +316,85 @@ def test_list_file(tmp_path: Path) -> None:
     (other / "neg.txt").write_text("x/000.png -1\n")
     with pytest.raises(ValueError, match="negative label"):
         open_dataset(other / "neg.txt")
+
+
+def test_image_folder_self_link_does_not_multiply_a_class(tmp_path: Path, caplog) -> None:
+    root = _folder(tmp_path / "d", {"a": 2, "b": 1})
+    (root / "a" / "again").symlink_to(root / "a", target_is_directory=True)
+    with caplog.at_level(logging.WARNING, logger="tokenmix.data.datasets"):
+        ds = open_dataset(root)
+    assert [ds.sample_id(i) for i in range(len(ds))] == ["a/000.png", "a/001.png", "b/000.png"]
+    assert "a/again: symlink loop" in caplog.text
+
+
+def test_image_folder_two_link_loops_return(tmp_path: Path, caplog) -> None:
+    # two links back up double the paths at every level: os.walk(followlinks=True) never returns
+    root = _folder(tmp_path / "d", {"a": 1, "b": 1})
+    _png(root / "a" / "sub" / "x.png", _gradient(seed=5))
+    (root / "a" / "sub" / "up").symlink_to("..", target_is_directory=True)
+    (root / "a" / "sub" / "top").symlink_to("../..", target_is_directory=True)
+    (root / "b" / "alias").symlink_to(root / "a" / "sub", target_is_directory=True)
+    with caplog.at_level(logging.WARNING, logger="tokenmix.data.datasets"):
+        ds = open_dataset(root)
+    assert [ds.sample_id(i) for i in range(len(ds))] == [
+        "a/000.png", "a/sub/x.png", "b/000.png",
+    ]  # fmt: skip
+    assert "a/sub/up: symlink loop" in caplog.text and "a/sub/top: symlink loop" in caplog.text
+    assert "b/alias: leads to" in caplog.text and "already listed" in caplog.text
+
+
+def test_image_folder_links_to_outside_folders_still_followed(tmp_path: Path) -> None:
+    _folder(tmp_path / "elsewhere", {"more": 2})
+    root = _folder(tmp_path / "d", {"a": 1, "b": 1})
+    (root / "b" / "ext").symlink_to(tmp_path / "elsewhere" / "more", target_is_directory=True)
+    ds = open_dataset(root)
+    assert ds.labels.tolist() == [0, 1, 1, 1] and ds.sample_id(3) == "b/ext/001.png"
+    assert ds[3][0].shape[0] == 3
+
+
+def test_list_file_label_bound_names_file_and_line(tmp_path: Path) -> None:
+    _folder(tmp_path / "imgs", {"x": 2})
+    lst = tmp_path / "train.txt"
+    lst.write_text("imgs/x/000.png 1\n# note\nimgs/x/001.png 999999999\n")
+    with pytest.raises(ValueError, match=r"train.txt:3: label 999999999 is not below 100,000"):
+        open_dataset(lst)  # before: built a billion class names (22 GB)
+    lst.write_text(f"imgs/x/000.png {MAX_UNNAMED_CLASSES - 1}\n")
+    assert open_dataset(lst).num_classes == MAX_UNNAMED_CLASSES  # the bound itself is allowed
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    lst.write_text("imgs/x/000.png 1\nimgs/x/001.png 2\n")
+    with pytest.raises(ValueError, match=r"train.txt:2: label 2, but .*classes.txt names only 2"):
+        open_dataset(lst)
+
+
+@pytest.mark.parametrize("line", ["../outside.png 0", "imgs/../../outside.png 0", "/abs.png 0"])
+def test_list_file_refuses_paths_outside_root(tmp_path: Path, line: str) -> None:
+    _png(tmp_path / "outside.png", _gradient(seed=7))
+    _png(tmp_path / "abs.png", _gradient(seed=8))
+    line = line.replace("/abs.png", str(tmp_path / "abs.png"))
+    root = tmp_path / "root"
+    _folder(root / "imgs", {"x": 1})
+    lst = root / "val.txt"
+    lst.write_text(f"imgs/x/000.png 0\nimgs/../imgs/x/000.png 1\n{line}\n")
+    with pytest.raises(ValueError, match=r"val.txt:3: path .* is outside the dataset root"):
+        open_dataset(lst)
+    with pytest.raises(ValueError, match=r"val.txt:3: path"):
+        open_dataset(f"{root}::{lst}")
+    ds = open_dataset(lst, allow_outside_root=True, transform=SquashResize(8))
+    assert len(ds) == 3 and ds[2][0].shape == (3, 8, 8)
+
+
+def test_single_class_training_set_warns(tmp_path: Path, caplog) -> None:
+    root = _folder(tmp_path / "one", {"only": 2})
+    with caplog.at_level(logging.WARNING, logger="tokenmix.data.datasets"):
+        open_dataset(root, "val")
+    assert caplog.text == ""  # an evaluation split may hold one class
+    with caplog.at_level(logging.WARNING, logger="tokenmix.data.datasets"):
+        open_dataset(root, "train")
+    assert f"{root}: the training split has only 1 class (only)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tokenmix.data.datasets"):
+        open_dataset(_folder(tmp_path / "two", {"a": 1, "b": 1}))
+    assert caplog.text == ""
 
 
 # --------------------------------------------------------------------------- CIFAR-10

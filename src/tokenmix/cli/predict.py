@@ -3,7 +3,8 @@
 IMAGES are files or folders (searched recursively). An image inside a folder named after one of
 the classes (the ImageFolder layout, e.g. test/cat/001.jpg) counts as labelled with that
 class; the grid then marks each prediction right (green) or wrong (red). Images are decoded
-with Pillow and given the model's eval transform.
+with Pillow and given the model's eval transform. File and class names that are not UTF-8 are
+printed, drawn and written to JSON with their undecodable bytes escaped (``cl\\xe9ss``).
 
 Examples:
   tokenmix predict --checkpoint runs/digits_demo some/digit.png
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from tokenmix.engine.distributed import resolve_device
     from tokenmix.engine.predict import load_for_inference, predict_topk
     from tokenmix.viz.plots import plot_prediction_grid
+    from tokenmix.viz.text import display_name
 
     files = _collect(args.images, IMG_EXTENSIONS)
     device = resolve_device(args.device)
@@ -63,15 +65,19 @@ def run(args: argparse.Namespace) -> int:
     known = set(classes)
     truths = [f.parent.name if f.parent.name in known else None for f in files]
     for f, pred, truth in zip(files, preds, truths, strict=True):
+        # names are shown through display_name: a file name need not be UTF-8, and a lone
+        # surrogate would stop a UTF-8 terminal and make the JSON unreadable to strict parsers
+        shown = [(display_name(c), p) for c, p in pred]
         if args.json:
-            print(json.dumps({"image": str(f), "top": pred, "truth": truth}))
+            truth_shown = None if truth is None else display_name(truth)
+            print(json.dumps({"image": display_name(str(f)), "top": shown, "truth": truth_shown}))
         else:
             mark = (
                 ""
                 if truth is None
-                else ("  [right]" if pred[0][0] == truth else f"  [wrong: {truth}]")
+                else ("  [right]" if pred[0][0] == truth else f"  [wrong: {display_name(truth)}]")
             )
-            print(f"{f}: " + ", ".join(f"{c} {p:.1%}" for c, p in pred) + mark)
+            print(f"{display_name(str(f))}: " + ", ".join(f"{c} {p:.1%}" for c, p in shown) + mark)
     n = min(len(files), args.max_grid)
     grid = plot_prediction_grid(
         images[:n], preds[:n], args.out, truths=truths[:n], names=[f.name for f in files[:n]]

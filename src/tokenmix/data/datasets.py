@@ -7,7 +7,10 @@
   holds split folders (``train``, ``val``, ``validation``, ``test``) the split picks one; ``val``
   falls back to ``validation`` then ``test`` (CIFAR-style trees have no ``val``). Otherwise
   ``<root>`` is taken as the split itself. Opening lists directories only (no image headers are
-  read), so 50k files open in well under a second;
+  read), so 50k files open in well under a second. Symbolic links to directories are followed,
+  but each real directory (``st_dev``, ``st_ino``) is listed once: a link back to a folder above
+  it (a loop) or to a folder already listed is skipped with a warning naming the link, so a
+  self-link cannot multiply a class and two cannot make the listing run forever;
 - the **CIFAR-10 python archive** ``cifar-10-python.tar.gz``, its extracted
   ``cifar-10-batches-py`` folder, or a folder holding either. Train = ``data_batch_1..5``
   (50,000 images), ``val``/``test`` = ``test_batch`` (10,000). The batches are pickles; they are
@@ -16,8 +19,12 @@
   archive first when it is missing (:mod:`tokenmix.data.download`);
 - an **ImageNet-style list file**, one ``relative/path.JPEG label`` per line (blank lines and
   ``#`` comments ignored, paths may contain spaces), resolved against the list file's folder or
-  against ``ROOT`` when written ``ROOT::LISTFILE``. Class names come from a ``classes.txt`` next to
-  the list file (line ``k`` names class ``k``) when present, else ``"0"``, ``"1"``, ...;
+  against ``ROOT`` when written ``ROOT::LISTFILE``. Paths that leave the root (absolute, or
+  climbing out with ``..``) are refused unless ``allow_outside_root=True``. Class names come from
+  a ``classes.txt`` next to the list file (line ``k`` names class ``k``; labels must be below its
+  length) when present, else ``"0"``, ``"1"``, ... up to the largest label, which must then be
+  below :data:`MAX_UNNAMED_CLASSES` (one typo such as ``999999999`` would otherwise build a
+  billion class names);
 - ``digits``: the embedded default, scikit-learn's 1,797 handwritten digits (8x8, 16 grey
   levels, bundled with scikit-learn so available offline), upscaled bilinearly to 32x32 RGB
   uint8. Deterministic split: sample ``k`` of ``load_digits()`` is in ``val``/``test`` when
@@ -28,7 +35,10 @@ unique: the relative path, ``cifar10/train/00123``, ``digits/00123``), ``label(i
 (RGB ``PIL.Image`` or :class:`~tokenmix.data.decode.BadImageError`) and ``dataset[i] ->
 (uint8 [3, H, W], label, i)`` resized by ``dataset.transform`` to ``dataset.load_size``.
 With ``bad_images="skip"``, ``dataset[i]`` returns a :class:`SkippedSample` for an unreadable
-file instead of raising; the loader (:mod:`tokenmix.data.loader`) counts and logs those.
+file instead of raising; the loader (:mod:`tokenmix.data.loader`) counts and logs those. File
+datasets refuse images larger than ``max_pixels`` before decoding them (see
+:mod:`tokenmix.data.decode`); they count as unreadable. Opening a ``train`` split with a single
+class logs a warning: such a run reaches 100 % accuracy without learning anything.
 """
 
 from __future__ import annotations
@@ -49,7 +59,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .decode import BadImageError, check_bad_images_policy, decode_image
+from .decode import DEFAULT_MAX_PIXELS, BadImageError, check_bad_images_policy, decode_image
 from .download import CIFAR10_ARCHIVE, download_cifar10
 from .transforms import SquashResize
 
@@ -59,6 +69,9 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 SPLITS = ("train", "val", "test")
 _SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation", "test"), "test": ("test",)}
 _CIFAR_DIR = "cifar-10-batches-py"
+# Classes a list file may use without a classes.txt: ImageNet-21k has 21,841, so 100,000 leaves
+# room for real label sets while a typo cannot allocate gigabytes of names.
+MAX_UNNAMED_CLASSES = 100_000
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -156,6 +169,8 @@ class FileDataset(ImageDataset):
 
     Relative paths live in one fixed-width numpy bytes array rather than a list of Python
     strings, so forked DataLoader workers do not copy them through reference counting.
+    ``max_pixels`` caps the size an image header may declare before it is decoded (``None``:
+    Pillow's limit only).
     """
 
     def __init__(
@@ -164,10 +179,13 @@ class FileDataset(ImageDataset):
         paths: Sequence[str],
         labels: Sequence[int] | np.ndarray,
         classes: Sequence[str],
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
         **kwargs: Any,
     ) -> None:
         super().__init__(classes, **kwargs)
         self.root = Path(root)
+        self.max_pixels = max_pixels
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self._paths = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)
@@ -188,7 +206,7 @@ class FileDataset(ImageDataset):
 
     def load(self, i: int, *, draft_size: tuple[int, int] | None = None) -> Image.Image:
         path = self.path(i)
-        return decode_image(path, name=str(path), draft_size=draft_size)
+        return decode_image(path, name=str(path), draft_size=draft_size, max_pixels=self.max_pixels)
 
     def describe(self) -> str:
         return str(self.root)
@@ -206,8 +224,9 @@ class ImageFolder(FileDataset):
             raise FileNotFoundError(f"{root}: no class folders (expected <root>/<class>/<image>)")
         paths: list[str] = []
         labels: list[int] = []
+        listed = {_dir_id(root): "."}  # shared by the classes: no directory listed twice
         for k, name in enumerate(classes):
-            found = _list_images(root, name)
+            found = _list_images(root, name, listed)
             if not found:
                 raise FileNotFoundError(
                     f"{root / name}: class folder without images ({', '.join(IMG_EXTENSIONS)})"
@@ -217,38 +236,113 @@ class ImageFolder(FileDataset):
         super().__init__(root, paths, labels, classes, **kwargs)
 
 
-def _list_images(root: Path, class_dir: str) -> list[str]:
-    """Relative paths of the images under ``root/class_dir``, sorted, without reading them."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root / class_dir, followlinks=True):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, root)
-        out += [
-            f"{rel}/{f}".replace(os.sep, "/")
-            for f in sorted(filenames)
-            if f.lower().endswith(IMG_EXTENSIONS)
-        ]
+def _dir_id(path: str | Path) -> tuple[int, int]:
+    """What identifies a real directory, whichever links lead to it."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _list_images(root: Path, class_dir: str, listed: dict[tuple[int, int], str]) -> list[str]:
+    """Relative paths of the images under ``root/class_dir``, sorted, without reading them.
+
+    The order is ``os.walk``'s (a folder's files, then its sub-folders depth-first, both sorted).
+    Links are followed, but a directory whose ``(st_dev, st_ino)`` is already in ``listed``
+    (relative paths of the directories listed so far, updated here) is skipped with a warning,
+    so loops cannot repeat or never end. Unreadable sub-folders are warned about and skipped.
+    """
+    out: list[str] = []
+    top = root / class_dir
+    top_id = _dir_id(top)
+    if top_id in listed:
+        _warn_relisted(root, class_dir, top_id, listed, ancestors=())
+        return out
+    listed[top_id] = class_dir
+    # depth-first stack of (relative path, ids of the directories above it and itself)
+    stack: list[tuple[str, tuple[tuple[int, int], ...]]] = [(class_dir, (top_id,))]
+    while stack:
+        rel, ancestors = stack.pop()
+        try:
+            entries = sorted(os.scandir(root / rel), key=lambda e: e.name)
+        except OSError as err:
+            log.warning("%s: cannot list folder, skipped (%s)", root / rel, err)
+            continue
+        subdirs = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows links, like os.walk(followlinks=True)
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                if entry.name.lower().endswith(IMG_EXTENSIONS):
+                    out.append(f"{rel}/{entry.name}".replace(os.sep, "/"))
+                continue
+            child = f"{rel}/{entry.name}"
+            try:
+                child_id = _dir_id(entry.path)
+            except OSError as err:
+                log.warning("%s: cannot read folder, skipped (%s)", entry.path, err)
+                continue
+            if child_id in listed:
+                _warn_relisted(root, child, child_id, listed, ancestors)
+                continue
+            listed[child_id] = child
+            subdirs.append((child, (*ancestors, child_id)))
+        stack += reversed(subdirs)
     return out
 
 
+def _warn_relisted(
+    root: Path,
+    rel: str,
+    dir_id: tuple[int, int],
+    listed: dict[tuple[int, int], str],
+    ancestors: tuple[tuple[int, int], ...],
+) -> None:
+    first = listed[dir_id]
+    if dir_id in ancestors or first == ".":
+        log.warning(
+            "%s: symlink loop, leads back to %s above it; not followed", root / rel, root / first
+        )
+    else:
+        log.warning(
+            "%s: leads to %s, which is already listed; not followed", root / rel, root / first
+        )
+
+
 class ListFileDataset(FileDataset):
-    """An ImageNet-style list file: ``relative/path label`` per line."""
+    """An ImageNet-style list file: ``relative/path label`` per line.
+
+    Args:
+        list_file: the list.
+        root: folder the paths are relative to (default: the list file's folder).
+        allow_outside_root: accept absolute paths and paths that climb out of ``root`` with
+            ``..``. Off by default: such a line is more often a mistake, or a list from
+            elsewhere reading files it should not, than intended.
+        **kwargs: as :class:`FileDataset` (``bad_images``, ``transform``, ``max_pixels``).
+    """
 
     def __init__(
-        self, list_file: str | Path, root: str | Path | None = None, **kwargs: Any
+        self,
+        list_file: str | Path,
+        root: str | Path | None = None,
+        *,
+        allow_outside_root: bool = False,
+        **kwargs: Any,
     ) -> None:
         list_file = Path(list_file)
         root = Path(root) if root is not None else list_file.parent
-        paths, labels = _parse_list_file(list_file)
         classes_txt = list_file.parent / "classes.txt"
+        named: list[str] | None = None
         if classes_txt.is_file():
-            classes = [ln.strip() for ln in classes_txt.read_text().splitlines() if ln.strip()]
-            if max(labels) >= len(classes):
-                raise ValueError(
-                    f"{list_file}: label {max(labels)} but {classes_txt} names only {len(classes)} classes"
-                )
-        else:
-            classes = [str(k) for k in range(max(labels) + 1)]
+            text = classes_txt.read_text(encoding="utf-8")
+            named = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        paths, labels = _parse_list_file(
+            list_file,
+            num_classes=MAX_UNNAMED_CLASSES if named is None else len(named),
+            classes_txt=None if named is None else classes_txt,
+            allow_outside_root=allow_outside_root,
+        )
+        classes = named if named is not None else [str(k) for k in range(max(labels) + 1)]
         self.list_file = list_file
         super().__init__(root, paths, labels, classes, **kwargs)
 
@@ -256,7 +350,18 @@ class ListFileDataset(FileDataset):
         return f"{self.root}::{self.list_file}"
 
 
-def _parse_list_file(list_file: Path) -> tuple[list[str], list[int]]:
+def _parse_list_file(
+    list_file: Path,
+    *,
+    num_classes: int,
+    classes_txt: Path | None,
+    allow_outside_root: bool,
+) -> tuple[list[str], list[int]]:
+    """Paths and labels of a list file; every error names the file and line.
+
+    Labels must be below ``num_classes`` (the length of ``classes_txt``, or
+    :data:`MAX_UNNAMED_CLASSES` without one).
+    """
     paths, labels = [], []
     with open(list_file, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -266,14 +371,43 @@ def _parse_list_file(list_file: Path) -> tuple[list[str], list[int]]:
             parts = line.rsplit(maxsplit=1)
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
                 raise ValueError(f"{list_file}:{n}: expected 'relative/path label', got {line!r}")
-            label = int(parts[1])
+            path, label = parts[0], int(parts[1])
             if label < 0:
                 raise ValueError(f"{list_file}:{n}: negative label {label}")
-            paths.append(parts[0])
+            if label >= num_classes:
+                if classes_txt is not None:
+                    raise ValueError(
+                        f"{list_file}:{n}: label {label}, but {classes_txt} names only "
+                        f"{num_classes} classes (labels 0..{num_classes - 1})"
+                    )
+                raise ValueError(
+                    f"{list_file}:{n}: label {label} is not below {num_classes:,}, the most "
+                    "classes a list file may number without names; put a classes.txt next to "
+                    "the list file (line k names class k) if the data really has that many"
+                )
+            if not allow_outside_root and _leaves_root(path):
+                raise ValueError(
+                    f"{list_file}:{n}: path {path!r} is outside the dataset root (absolute or "
+                    "climbing out with '..'); pass allow_outside_root=True "
+                    "(data.allow_outside_root) if the list is meant to reach there"
+                )
+            paths.append(path)
             labels.append(label)
     if not paths:
         raise ValueError(f"{list_file}: no entries")
     return paths, labels
+
+
+def _leaves_root(path: str) -> bool:
+    """Whether a list-file path, taken relative to the root, names something outside it.
+
+    Judged on the text alone (``a/../../x`` leaves, ``a/../x`` does not); links inside the root
+    that point elsewhere are the dataset owner's choice and are followed.
+    """
+    if os.path.isabs(path) or os.path.splitdrive(path)[0]:
+        return True
+    parts = os.path.normpath(path).split(os.sep)
+    return parts[0] == ".."
 
 
 class ArrayDataset(ImageDataset):
@@ -473,6 +607,8 @@ def open_dataset(
     bad_images: str = "error",
     transform: Transform | None = None,
     download: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    allow_outside_root: bool = False,
 ) -> ImageDataset:
     """Open a dataset from a spec string (forms listed in the module docstring).
 
@@ -485,7 +621,40 @@ def open_dataset(
             the dataset's native size (32 for CIFAR-10 and digits, 224 for files).
         download: fetch the CIFAR-10 archive into ``spec`` (an archive path or a folder) when
             no CIFAR-10 data is there yet.
+        max_pixels: image files declaring more pixels are unreadable (decompression bombs;
+            :mod:`tokenmix.data.decode`); ``None`` keeps only Pillow's limit.
+        allow_outside_root: let list files name absolute paths or paths above their root.
     """
+    dataset = _open(
+        spec,
+        split,
+        bad_images=bad_images,
+        transform=transform,
+        download=download,
+        max_pixels=max_pixels,
+        allow_outside_root=allow_outside_root,
+    )
+    if split == "train" and dataset.num_classes < 2:
+        log.warning(
+            "%s: the training split has only %d class (%s); every prediction is right by "
+            "construction, so accuracy will read 100%% without anything being learned",
+            dataset.describe() or spec,
+            dataset.num_classes,
+            ", ".join(dataset.classes) or "none",
+        )
+    return dataset
+
+
+def _open(
+    spec: str | Path,
+    split: str,
+    *,
+    bad_images: str,
+    transform: Transform | None,
+    download: bool,
+    max_pixels: int | None,
+    allow_outside_root: bool,
+) -> ImageDataset:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     kwargs: dict[str, Any] = {
@@ -495,9 +664,11 @@ def open_dataset(
     spec = str(spec)
     if spec == "digits":
         return open_digits(split, **kwargs)
+    files = {"max_pixels": max_pixels, **kwargs}
+    listed = {"allow_outside_root": allow_outside_root, **files}
     if "::" in spec:
         root, list_file = spec.split("::", 1)
-        return ListFileDataset(Path(list_file).expanduser(), Path(root).expanduser(), **kwargs)
+        return ListFileDataset(Path(list_file).expanduser(), Path(root).expanduser(), **listed)
     path = Path(spec).expanduser()
     if download and _find_cifar(path) is None:
         path = download_cifar10(path)
@@ -505,9 +676,9 @@ def open_dataset(
     if cifar is not None:
         return open_cifar10(cifar, split, **kwargs)
     if path.is_file():
-        return ListFileDataset(path, **kwargs)
+        return ListFileDataset(path, **listed)
     if path.is_dir():
-        return ImageFolder(_split_dir(path, split), **kwargs)
+        return ImageFolder(_split_dir(path, split), **files)
     raise FileNotFoundError(
         f"dataset {spec!r} not found; expected 'digits', an ImageFolder directory, a CIFAR-10 "
         "archive or folder, a list file, or ROOT::LISTFILE"

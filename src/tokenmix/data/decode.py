@@ -21,7 +21,13 @@ Conversions (``Image.convert("RGB")`` alone gets several of these wrong):
 
 Not applied, to match the torchvision/timm ImageNet pipelines the official results were trained
 with: EXIF orientation and ICC colour profiles. Truncated files raise unless a caller has set
-Pillow's global ``ImageFile.LOAD_TRUNCATED_IMAGES``; decompression bombs raise.
+Pillow's global ``ImageFile.LOAD_TRUNCATED_IMAGES``.
+
+Decompression bombs raise :class:`BadImageError` before any pixel is decoded: the size in the
+file's header is checked against ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`). Pillow's own
+guard is not enough: below twice ``Image.MAX_IMAGE_PIXELS`` (179 M pixels) it only warns, so a
+164 KB PNG of 13000 x 13000 pixels takes about 1.8 GB to decode, in every loader worker that
+meets it.
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ BAD_IMAGE_POLICIES = ("error", "skip")
 WHITE = (255, 255, 255)
 _ALPHA_MODES = {"RGBA", "LA", "La", "RGBa", "PA"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+# 2**26 = 67 M pixels (8192 x 8192): above the photos of full-frame cameras (61 MP at most), so
+# real photographs pass, while one decoded RGB image stays near 200 MB per loader worker.
+# Pillow itself only warns up to 179 M pixels and errors beyond.
+DEFAULT_MAX_PIXELS = 2**26
 
 
 class BadImageError(ValueError):
@@ -58,6 +69,7 @@ def decode_image(
     name: str | None = None,
     draft_size: tuple[int, int] | None = None,
     background: tuple[int, int, int] = WHITE,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Image.Image:
     """Read and fully decode an image file (or its bytes) into an 8-bit RGB ``PIL.Image``.
 
@@ -68,9 +80,12 @@ def decode_image(
             keeping both sides at least this ``(width, height)``. Several times faster for large
             photos that are resized down anyway; off for evaluation so results match a full decode.
         background: colour that transparent pixels are composited over.
+        max_pixels: refuse images whose header declares more pixels (width x height) than this,
+            before decoding them (decompression bombs); ``None`` leaves only Pillow's own limit.
 
     Raises:
-        BadImageError: empty, truncated, not an image, or a mode without a defined RGB meaning.
+        BadImageError: empty, truncated, not an image, larger than ``max_pixels``, or a mode
+            without a defined RGB meaning.
     """
     label = (
         name if name is not None else (str(source) if not isinstance(source, bytes) else "<bytes>")
@@ -78,6 +93,13 @@ def decode_image(
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with Image.open(fp) as img:
+            width, height = img.size  # from the header: nothing is decoded yet
+            if max_pixels is not None and width * height > max_pixels:
+                raise BadImageError(
+                    f"{label}: {width}x{height} = {width * height:,} pixels exceeds max_pixels "
+                    f"{max_pixels:,}; refused unread as a possible decompression bomb "
+                    "(raise data.max_pixels if such images are expected)"
+                )
             if draft_size is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
                 img.draft(img.mode, draft_size)
             img.load()

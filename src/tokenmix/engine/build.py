@@ -108,8 +108,13 @@ def limit(dataset: ImageDataset, count: int | None, seed: int) -> ImageDataset:
 
 def open_datasets(cfg: DataConfig, *, seed: int) -> tuple[ImageDataset, ImageDataset]:
     """The training and evaluation datasets (limited to fixed subsets when the config says so)."""
-    train = open_dataset(cfg.train, cfg.train_split, bad_images=cfg.bad_images)
-    val = open_dataset(cfg.val or cfg.train, cfg.val_split, bad_images=cfg.bad_images)
+    opts = {
+        "bad_images": cfg.bad_images,
+        "max_pixels": cfg.max_pixels,
+        "allow_outside_root": cfg.allow_outside_root,
+    }
+    train = open_dataset(cfg.train, cfg.train_split, **opts)
+    val = open_dataset(cfg.val or cfg.train, cfg.val_split, **opts)
     if train.classes != val.classes:
         raise ValueError(
             f"data.train and data.val have different classes ({len(train.classes)} vs "

@@ -1,5 +1,6 @@
 """Inference helpers shared by ``tokenmix eval``/``predict`` and training's prediction grid:
-loading a model with its class names from any checkpoint, and top-k predictions."""
+loading a model with its class names from any checkpoint, top-k predictions, and picking the
+images a grid shows."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from tokenmix.config import Config, load_config
+from tokenmix.data.datasets import ImageDataset, SkippedSample
 
 from .build import build_model
 from .checkpoint import read_metadata, resolve_weights
@@ -52,6 +55,32 @@ def predict_topk(
         for p_row, i_row in zip(probs.tolist(), idx.tolist(), strict=True):
             out.append([(classes[i], p) for i, p in zip(i_row, p_row, strict=True)])
     return out
+
+
+def grid_samples(dataset: ImageDataset, count: int) -> tuple[torch.Tensor, list[int]]:
+    """Up to ``count`` images spread evenly over ``dataset``, with their indices.
+
+    Samples the dataset cannot read (:class:`~tokenmix.data.datasets.SkippedSample` under
+    ``bad_images="skip"``) are left out, so the grid may hold fewer than ``count``: the end of a
+    run must not fail on a file that evaluation already skipped and counted.
+
+    Returns:
+        uint8 ``[N, 3, H, W]`` images as ``dataset[i]`` gives them (``N`` may be 0), and the
+        ``N`` dataset indices they came from.
+    """
+    n = min(count, len(dataset))
+    images: list[torch.Tensor] = []
+    picks: list[int] = []
+    for i in np.linspace(0, len(dataset) - 1, n).round().astype(int).tolist():
+        item = dataset[i]
+        if isinstance(item, SkippedSample):
+            continue
+        images.append(item[0])
+        picks.append(i)
+    if not images:
+        h, w = dataset.load_size
+        return torch.empty(0, 3, h, w, dtype=torch.uint8), picks
+    return torch.stack(images), picks
 
 
 @dataclass

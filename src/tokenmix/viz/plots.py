@@ -1,7 +1,9 @@
 """Figures for a run: learning curves, confusion matrix, and a grid of predictions.
 
 Matplotlib with the Agg backend (files only, no display needed); every function writes one PNG
-atomically and returns its path.
+atomically and returns its path. Class and file names are drawn through
+:func:`tokenmix.viz.text.plot_text`, so names that are not UTF-8 or contain ``$`` are shown
+rather than stopping the figure.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 import torch
 
 from tokenmix.utils import atomic_write
+
+from .text import plot_text
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -69,8 +73,9 @@ def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: Path) 
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     if n <= 40:
-        ax.set_xticks(range(n), classes, rotation=90)
-        ax.set_yticks(range(n), classes)
+        labels = [plot_text(c) for c in classes]
+        ax.set_xticks(range(n), labels, rotation=90)
+        ax.set_yticks(range(n), labels)
         if n <= 20:
             for i in range(n):
                 for j in range(n):
@@ -119,13 +124,13 @@ def plot_prediction_grid(
         ax = axes.flat[i]
         ax.imshow(images[i].permute(1, 2, 0).cpu().numpy())
         label, prob = predictions[i][0]
-        title = f"{label} ({prob:.0%})"
+        title = f"{plot_text(label)} ({prob:.0%})"
         color = "black"
         truth = truths[i] if truths is not None else None
         if truth is not None:
-            title += f"\ntrue: {truth}"
-            color = "green" if truth == label else "red"
+            title += f"\ntrue: {plot_text(truth)}"
+            color = "green" if truth == label else "red"  # compared as stored, not as shown
         if names is not None:
-            title += f"\n{names[i]}"
+            title += f"\n{plot_text(names[i])}"
         ax.set_title(title, fontsize=8, color=color)
     return _save(fig, path)
