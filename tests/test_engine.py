@@ -408,6 +408,21 @@ def test_evaluate_counts_are_exact() -> None:
             assert per_class[i] == pytest.approx(100 * (pred[mask] == i).float().mean().item())
 
 
+def test_evaluate_hflip_averages_the_mirror_logits() -> None:
+    """Test-time flip scores each image by the mean logits of it and its mirror image."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2 * 4, 5))
+    g = torch.Generator().manual_seed(2)
+    images = torch.randn(12, 3, 2, 4, generator=g)
+    labels = torch.randint(0, 5, (12,), generator=g)
+    kwargs = {"num_classes": 5, "device": torch.device("cpu"), "prepare": lambda x: x}
+    r = evaluate(model, [(images, labels)], hflip=True, **kwargs)
+    with torch.no_grad():
+        mean = (model(images) + model(images.flip(-1))) / 2
+    assert r.loss == pytest.approx(torch.nn.functional.cross_entropy(mean, labels).item(), rel=1e-6)
+    plain = evaluate(model, [(images, labels)], **kwargs)
+    assert plain.loss != pytest.approx(r.loss)
+
+
 # --- token labeling seam ---------------------------------------------------------------------
 def test_token_labeling_needs_token_outputs() -> None:
     with pytest.raises(ValueError, match="token outputs"):

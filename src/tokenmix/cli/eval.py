@@ -43,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"), default=None)
     p.add_argument("--mean", type=float, nargs=3, default=None)
     p.add_argument("--std", type=float, nargs=3, default=None)
+    p.add_argument(
+        "--hflip",
+        action="store_true",
+        help="test-time flip: average the logits of each image and its mirror (2x compute)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
         "--amp",
@@ -108,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         autocast=autocast_context(device, args.amp),
         total=len(dataset),
         progress=True,
+        hflip=args.hflip,
     )
     print(f"{loaded.source} on {args.data} [{args.split}], {result.num_samples} images")
     print(f"top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  loss {result.loss:.4f}")

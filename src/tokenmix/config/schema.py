@@ -204,6 +204,8 @@ class EvalConfig:
     every_epochs: int = bounded(1, ge=1)
     # Images in the prediction grid written at the end of training.
     grid_images: int = bounded(32, ge=0)
+    # Test-time flip: average the logits of each image and its mirror (2x evaluation compute).
+    hflip: bool = False
 
 
 @dataclass
