@@ -1,4 +1,7 @@
-"""Token labeling: loss, MixToken targets, label-map alignment, relabel store and resume."""
+"""Token labeling: loss, MixToken targets, label-map alignment, relabel store and resume.
+
+Relabeling with several processes (torchrun) is tested in ``test_relabel_sharded.py``.
+"""
 
 from __future__ import annotations
 
@@ -287,9 +290,10 @@ def test_relabel_resumes_after_a_crash_without_redoing_chunks(tmp_path: Path) ->
     crashing = _Crashing(data, crash_at=7)
     with pytest.raises(RuntimeError, match="simulated crash"):
         relabel_dataset(teacher, crashing, tmp_path / "resumed", **opts)
-    progress = json.loads((tmp_path / "resumed" / "progress.json").read_text())
-    assert progress == {"done": 4}  # the last finished chunk; rows 4-5 were not committed
-    with pytest.raises(ValueError, match="incomplete"):
+    progress = json.loads((tmp_path / "resumed" / "progress-rank0.json").read_text())
+    assert progress == {"rows": [[0, 4]]}  # the finished chunk; rows 4-5 were not committed
+    assert json.loads((tmp_path / "resumed" / "progress.json").read_text()) == {"done": 0}
+    with pytest.raises(ValueError, match=r"incomplete \(4 of 10 samples"):
         TokenLabelStore(tmp_path / "resumed")
 
     again = _Crashing(data, crash_at=None)
@@ -297,6 +301,28 @@ def test_relabel_resumes_after_a_crash_without_redoing_chunks(tmp_path: Path) ->
     assert again.loaded == list(range(4, 10))  # finished chunks were not redone
     for name in ("labels.npy", "index.json", "progress.json"):
         assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == [
+        "index.json",
+        "labels.npy",
+        "progress.json",
+    ]  # the per-rank records are gone once the run is complete
+
+
+def test_relabel_resumes_a_directory_of_the_single_process_format(tmp_path: Path) -> None:
+    """Label directories of earlier versions count finished leading rows in progress.json."""
+    data = open_dataset(_image_folder(tmp_path / "images", per_class=3), "train")  # 6 images
+    teacher = tokenmix.create_model("test_lvvit", pretrained=_teacher(tmp_path))
+    opts = {"topk": 2, "batch_size": 2, "chunk_size": 2, "progress": False}
+    relabel_dataset(teacher, data, tmp_path / "full", **opts)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        relabel_dataset(teacher, _Crashing(data, crash_at=4), tmp_path / "old", **opts)
+    (tmp_path / "old" / "progress-rank0.json").unlink()  # as the earlier version left it:
+    (tmp_path / "old" / "progress.json").write_text(json.dumps({"done": 4}))
+    again = _Crashing(data, crash_at=None)
+    relabel_dataset(teacher, again, tmp_path / "old", **opts)
+    assert again.loaded == [4, 5]
+    for name in ("labels.npy", "index.json", "progress.json"):
+        assert (tmp_path / "old" / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
 
 
 def test_relabel_refuses_to_resume_with_other_settings(tmp_path: Path) -> None:

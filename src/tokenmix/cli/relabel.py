@@ -10,8 +10,17 @@ The labels go to ONE memory-mapped file (OUT/labels.npy) with an index from samp
 (OUT/index.json). Work is committed every --chunk-size images; after an interruption, run the
 same command again and it continues after the last finished chunk.
 
+Under torchrun each process labels its share of the chunks into the same OUT (on a file system
+all processes share, when they run on several machines); the file equals a one-process run's,
+and a run interrupted with one number of processes can be finished with another. torchrun
+--max-restarts N resumes by itself; on torch versions whose restarted workers read the crashed
+attempt's addresses from the shared rendezvous store, set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+(pytorch/pytorch#135712).
+
 Examples:
   tokenmix relabel --teacher lvvit_m.tl_in1k --data /data/imagenet --out labels/imagenet_lvvit_m
+  torchrun --nproc-per-node 8 -m tokenmix.cli.main relabel --teacher lvvit_m.tl_in1k \\
+      --data /data/imagenet --out labels/imagenet_lvvit_m
   tokenmix relabel --teacher caformer_s18 --checkpoint run/best.pth --num-classes 10 \\
       --data cifar-10-python.tar.gz --out labels/cifar --grid 14 --topk 5 --img-size 224
 """
@@ -52,7 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=int, default=None, help="decoding processes (default: CPU cores, <= 8)"
     )
-    p.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda if available)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="cuda, cpu, ... (default: cuda if available; under torchrun auto, cuda or cpu, "
+        "each process driving cuda:LOCAL_RANK)",
+    )
     p.add_argument(
         "--amp",
         action="store_true",
@@ -62,19 +76,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     import torch
 
     from tokenmix.data.datasets import open_dataset
     from tokenmix.data.loader import default_num_workers
     from tokenmix.data.token_labels import relabel_dataset
+    from tokenmix.engine.distributed import init_distributed, shutdown
     from tokenmix.models import create_model, load_weights
 
     if args.grid is not None and len(args.grid) not in (1, 2):
         raise ValueError(f"--grid takes N or H W, got {args.grid}")
     grid = None if args.grid is None else (args.grid[0], args.grid[-1])
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    is_main = True
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: join its process group
+        if args.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(
+                f"--device {args.device}: under torchrun pass auto, cuda or cpu (each process "
+                "drives cuda:LOCAL_RANK)"
+            )
+        info = init_distributed(args.device)
+        device, is_main = info.device, info.is_main
+    else:
+        device = args.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
 
     dataset = open_dataset(args.data, args.split)
     if args.checkpoint is None:
@@ -108,8 +135,11 @@ def run(args: argparse.Namespace) -> int:
         amp=args.amp,
         meta=meta,
     )
-    print(
-        f"{args.out}: {len(store)} samples, top-{store.topk} of {store.num_classes} classes on a "
-        f"{store.grid[0]}x{store.grid[1]} grid"
-    )
+    # on an error the process exits without this, and torchrun stops the other ranks
+    shutdown()
+    if is_main:
+        print(
+            f"{args.out}: {len(store)} samples, top-{store.topk} of {store.num_classes} classes "
+            f"on a {store.grid[0]}x{store.grid[1]} grid"
+        )
     return 0

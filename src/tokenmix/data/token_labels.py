@@ -23,11 +23,34 @@ is not square.)
 
 Storage layout of a label directory::
 
-    labels.npy      structured memmap, one row per sample: values float16 [k, h, w]
-                    (teacher softmax probabilities) and indices int16/int32 [k, h, w]
+    labels.npy      structured array, one row per sample: values float16 [k, h, w]
+                    (teacher softmax probabilities) and indices int16/int32 [k, h, w];
+                    read through a memmap
     index.json      metadata (teacher, dataset, grid, top-k, classes) and the sample ids
-    progress.json   rows finished; rewritten atomically after each chunk is flushed, so an
-                    interrupted run resumes at the last finished chunk
+    progress.json   ``{"done": N}`` once all N rows are written, ``{"done": 0}`` before
+                    (directories of earlier versions may hold a count of finished leading rows,
+                    which is honoured)
+    progress-rank{r}.json
+                    while unfinished: the row ranges ``[start, end)`` that rank ``r`` has
+                    written and flushed, rewritten atomically after each of its chunks;
+                    removed when the last row is done
+
+Scaling out. Under ``torchrun`` every process labels a disjoint share of the dataset into the
+same ``labels.npy``. The rows are cut into chunks of ``chunk_size`` counted from row 0, the same
+cut for any number of processes; the chunks not yet finished are dealt round-robin (the j-th
+unfinished chunk to rank ``j % world_size``, so a fresh run gives chunk c to rank
+``c % world_size``). Rank 0 creates the directory while the others wait at a barrier. Before
+starting, every rank reads ALL progress records, so a resume skips every finished chunk
+whichever rank wrote it and whatever the world size was. The teacher sees the same batches in
+every layout (a chunk's rows in ``batch_size`` steps from the chunk's start), which is why the
+file is byte-identical to a single-process run (on CPU, tested in
+``tests/test_relabel_sharded.py``; on GPUs as far as their kernels are deterministic); a single
+process is world size 1 of the same code.
+
+Rows are written with one positioned write per chunk and an ``fsync``, not through a writable
+memmap: on a network file system shared by several machines a memmap writes back whole pages,
+and a page straddling two ranks' chunks would be written by both, the later with stale bytes of
+the other's rows. A byte-range write touches only its own rows.
 """
 
 from __future__ import annotations
@@ -35,6 +58,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -48,6 +73,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import kernels
+from ..engine import distributed
 from ..utils import atomic_write
 from .crops import crop_resize
 from .transforms import SquashResize
@@ -67,6 +93,8 @@ VERSION = 1
 LABELS_FILE = "labels.npy"
 INDEX_FILE = "index.json"
 PROGRESS_FILE = "progress.json"
+RANK_PROGRESS_FILE = "progress-rank{rank}.json"
+_RANK_PROGRESS = re.compile(r"progress-rank(\d+)\.json")
 
 
 class LabeledImages(Protocol):
@@ -102,6 +130,49 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
+# --- progress records ---------------------------------------------------------------------------
+def _merge(ranges: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Sorted, disjoint ``[start, end)`` row ranges covering the same rows as ``ranges``."""
+    merged: list[list[int]] = []
+    for start, end in sorted((int(a), int(b)) for a, b in ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged
+
+
+def _rank_progress_files(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if _RANK_PROGRESS.fullmatch(p.name))
+
+
+def _read_rank_progress(path: Path, num_rows: int) -> list[list[int]]:
+    """The finished row ranges one rank recorded; a malformed record is an error naming it."""
+    record = _read_json(path)
+    rows = record.get("rows") if isinstance(record, dict) else None
+    if not isinstance(rows, list) or not all(
+        isinstance(r, list)
+        and len(r) == 2
+        and all(isinstance(v, int) for v in r)
+        and 0 <= r[0] <= r[1] <= num_rows
+        for r in rows
+    ):
+        raise ValueError(
+            f"{path}: not a progress record of {num_rows} rows (expected "
+            '{"rows": [[start, end], ...]}); delete the label directory to start over'
+        )
+    return _merge(rows)
+
+
+def _finished_rows(out: Path, num_rows: int) -> list[list[int]]:
+    """Every row range recorded as finished: progress.json's leading rows and each rank's."""
+    done = int(_read_json(out / PROGRESS_FILE)["done"])
+    ranges = [[0, min(done, num_rows)]]
+    for path in _rank_progress_files(out):
+        ranges += _read_rank_progress(path, num_rows)
+    return _merge(ranges)
+
+
 # --- reading ----------------------------------------------------------------------------------
 class TokenLabelStore:
     """Read-only access to a finished label directory, by sample id.
@@ -123,11 +194,13 @@ class TokenLabelStore:
         self._row_of = {sid: i for i, sid in enumerate(self.sample_ids)}
         if len(self._row_of) != len(self.sample_ids):
             raise ValueError(f"{self.path / INDEX_FILE}: duplicate sample ids")
-        done = int(_read_json(self.path / PROGRESS_FILE)["done"])
-        if done < len(self.sample_ids):
+        num_rows = len(self.sample_ids)
+        if int(_read_json(self.path / PROGRESS_FILE)["done"]) < num_rows:
+            done = sum(end - start for start, end in _finished_rows(self.path, num_rows))
             raise ValueError(
-                f"{self.path} is incomplete ({done} of {len(self.sample_ids)} samples labelled); "
-                "run the same `tokenmix relabel` command again to finish it"
+                f"{self.path} is incomplete ({done} of {num_rows} samples labelled); "
+                "run the same `tokenmix relabel` command again (any number of processes) to "
+                "finish it"
             )
         self._array: np.ndarray | None = None
 
@@ -273,24 +346,28 @@ def dense_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 class _TeacherInputs(torch.utils.data.Dataset):
-    """Samples ``start..`` of a dataset, the whole image squashed to the teacher's input (uint8)."""
+    """Dataset samples by row, the whole image squashed to the teacher's input (uint8)."""
 
-    def __init__(self, dataset: LabeledImages, resize: SquashResize, start: int) -> None:
+    def __init__(self, dataset: LabeledImages, resize: SquashResize) -> None:
         self.dataset = dataset
         self.resize = resize
-        self.start = start
 
     def __len__(self) -> int:
-        return len(self.dataset) - self.start
+        return len(self.dataset)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.resize(self.dataset.load(self.start + i).convert("RGB"))
+        return self.resize(self.dataset.load(i).convert("RGB"))
 
 
-def _open_for_writing(
-    out: Path, meta: dict[str, Any], ids: list[str], dtype: np.dtype
-) -> tuple[np.memmap, int]:
-    """Create the label directory, or reopen it to resume when it was made the same way."""
+def _is_label_file(name: str) -> bool:
+    """Whether ``name`` is a file that making a label directory leaves before its index exists."""
+    if name.startswith(".") and name.endswith(".tmp"):  # an atomic write cut short
+        name = name[1:-4]
+    return name in (LABELS_FILE, PROGRESS_FILE) or bool(_RANK_PROGRESS.fullmatch(name))
+
+
+def _check_existing(out: Path, meta: dict[str, Any], ids: list[str]) -> bool:
+    """Whether ``out`` holds labels made the same way (to resume); made otherwise is an error."""
     index_path = out / INDEX_FILE
     if index_path.exists():
         index = _read_json(index_path)
@@ -302,18 +379,73 @@ def _open_for_writing(
                 f"{out} holds token labels made differently ({what or 'other samples'}); "
                 "choose another --out or delete it to start over"
             )
-        done = int(_read_json(out / PROGRESS_FILE)["done"])
-        labels = np.load(out / LABELS_FILE, mmap_mode="r+")
-        return labels, done
-    if out.exists() and any(p.name not in (LABELS_FILE, PROGRESS_FILE) for p in out.iterdir()):
+        return True
+    if out.exists() and any(not _is_label_file(p.name) for p in out.iterdir()):
         raise ValueError(f"{out} exists and is not a token-label directory; choose another --out")
+    return False
+
+
+def _create(out: Path, meta: dict[str, Any], ids: list[str], dtype: np.dtype) -> None:
+    """Make a fresh label directory (rank 0 alone); the index goes last, as its presence marks
+    a directory that can be resumed."""
     out.mkdir(parents=True, exist_ok=True)
+    for path in _rank_progress_files(out):  # from a creation that stopped before its index
+        path.unlink()
     labels = np.lib.format.open_memmap(out / LABELS_FILE, "w+", dtype, (len(ids),))
     labels.flush()
+    del labels
     _write_json_atomic(out / PROGRESS_FILE, {"done": 0})
-    # the index goes last: its presence marks a directory that can be resumed
-    _write_json_atomic(index_path, {"format": FORMAT, "version": VERSION, "meta": meta, "ids": ids})
-    return labels, 0
+    _write_json_atomic(
+        out / INDEX_FILE, {"format": FORMAT, "version": VERSION, "meta": meta, "ids": ids}
+    )
+
+
+def _data_offset(path: Path, dtype: np.dtype, num_rows: int) -> int:
+    """Byte offset of row 0 in ``labels.npy``, once it is seen to hold the rows the index says."""
+    arr = np.load(path, mmap_mode="r")
+    if arr.dtype != dtype or arr.shape != (num_rows,):
+        raise ValueError(
+            f"{path}: holds {arr.shape} of {arr.dtype}, the index says {num_rows} rows of "
+            f"{dtype}; delete the label directory to start over"
+        )
+    return int(arr.offset)
+
+
+def _chunks_of_rank(
+    num_rows: int, chunk_size: int, finished: list[list[int]], rank: int, world_size: int
+) -> tuple[list[tuple[int, int]], int]:
+    """This rank's unfinished chunks, and how many chunks all ranks have left.
+
+    Chunks are cut from row 0 whatever the world size, so records written by any earlier
+    layout mark whole chunks as done (a chunk only partly recorded, after ``chunk_size``
+    changed, is redone).
+    """
+    chunks = [(s, min(s + chunk_size, num_rows)) for s in range(0, num_rows, chunk_size)]
+    pending = [(a, b) for a, b in chunks if not any(s <= a and b <= e for s, e in finished)]
+    return pending[rank::world_size], len(pending)
+
+
+class _GlobalCount:
+    """Rank 0's progress bar counts every rank's rows: its own per batch, the others' per chunk.
+
+    Every rank posts its finished chunk's row count to an all-reduce once per round and
+    collects the sum a round later, so no rank waits for the slowest after each chunk.
+    """
+
+    def __init__(self, bar: tqdm) -> None:
+        self.bar = bar
+        self._posted: tuple[Any, int] | None = None
+
+    def post(self, rows: int) -> None:
+        self.collect()
+        t = torch.tensor([rows], dtype=torch.int64, device=distributed.collective_device())
+        self._posted = (distributed.all_reduce_sum_async(t), rows)
+
+    def collect(self) -> None:
+        if self._posted is not None:
+            wait, own = self._posted
+            self._posted = None
+            self.bar.update(int(wait().item()) - own)
 
 
 @torch.no_grad()
@@ -339,22 +471,33 @@ def relabel_dataset(
     pretrained cfg's; the training loader squashes the same way, so crop boxes normalised to
     the full image apply to the maps), normalised with its cfg's mean and std. Its per-location logits
     (:func:`dense_logits`) are resized to ``grid`` (bilinear, antialiased; default: the
-    teacher's own grid), turned into probabilities, and the top ``topk`` are stored. Rows are
-    committed every ``chunk_size`` samples (memmap flushed, then ``progress.json`` replaced
-    atomically); calling again with the same arguments continues after the last committed
-    chunk and gives the same file as an uninterrupted run.
+    teacher's own grid), turned into probabilities, and the top ``topk`` are stored.
+
+    Rows are committed per chunk of ``chunk_size`` samples (rows written and fsynced, then the
+    rank's progress record replaced atomically); calling again with the same arguments skips
+    every committed chunk and gives the same file as an uninterrupted run. In a process group
+    (``torchrun``; initialised by the caller) every rank calls this with the same arguments
+    and labels its share of the chunks into the same directory, which must be on a file
+    system all ranks share; any world size may resume any other's run (module docstring).
 
     Args:
+        chunk_size: rows per commit and unit of work of a rank; batches start afresh at each
+            chunk, so keep it a multiple of ``batch_size`` for full batches.
         meta: extra provenance stored in the index (teacher name, checkpoint, dataset spec);
             resuming requires it to be equal.
+        progress: show a bar on rank 0, counting the rows of all ranks (rate and ETA are
+            global).
 
     Returns:
         The finished store.
     """
     out = Path(out)
     device = torch.device(device)
+    rank, world_size = distributed.rank_and_world_size()
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
+    if chunk_size < 1 or batch_size < 1:
+        raise ValueError(f"chunk_size and batch_size must be >= 1, got {chunk_size}, {batch_size}")
     teacher = teacher.eval().to(device)
     cfg = teacher.pretrained_cfg
     size = tuple(input_size or cfg.input_size[1:])
@@ -386,41 +529,97 @@ def relabel_dataset(
         "dataset_classes": list(dataset.classes),
         "scores": "teacher softmax probabilities, top-k per location (float16)",
     }
-    labels, done = _open_for_writing(out, full_meta, ids, row_dtype(topk, grid, num_classes))
-    if done >= len(ids):
+    dtype = row_dtype(topk, grid, num_classes)
+    exists = _check_existing(out, full_meta, ids)
+    distributed.barrier()  # every rank has looked before rank 0 creates anything
+    if rank == 0 and not exists:
+        _create(out, full_meta, ids, dtype)
+    distributed.barrier()
+    if not (out / INDEX_FILE).exists():
+        raise FileNotFoundError(
+            f"rank {rank} does not see {out / INDEX_FILE}, which rank 0 made: the label "
+            "directory must be on a file system that all processes share"
+        )
+    offset = _data_offset(out / LABELS_FILE, dtype, len(ids))
+    if int(_read_json(out / PROGRESS_FILE)["done"]) >= len(ids):
+        if rank == 0:  # records left by a run stopped between its last two steps below
+            for path in _rank_progress_files(out):
+                path.unlink()
         return TokenLabelStore(out)
-    if done:
-        log.info("%s: resuming after %d of %d samples", out, done, len(ids))
+    finished = _finished_rows(out, len(ids))
+    own_path = out / RANK_PROGRESS_FILE.format(rank=rank)
+    own = _read_rank_progress(own_path, len(ids)) if own_path.exists() else []
+    distributed.barrier()  # every rank has read the records before any rank adds to them
+    mine, pending = _chunks_of_rank(len(ids), chunk_size, finished, rank, world_size)
+    rounds = math.ceil(pending / world_size)
+    done = sum(e - s for s, e in finished)
+    if done and rank == 0:
+        log.info(
+            "%s: resuming after %d of %d samples; %d chunks left for %d process(es)",
+            out,
+            done,
+            len(ids),
+            pending,
+            world_size,
+        )
 
+    # batches never straddle chunks: the teacher sees the same batches in every layout
+    batches = [
+        list(range(b, min(b + batch_size, end)))
+        for start, end in mine
+        for b in range(start, end, batch_size)
+    ]
     loader = torch.utils.data.DataLoader(
-        _TeacherInputs(dataset, SquashResize(size, cfg.interpolation, draft=False), done),
-        batch_size=batch_size,
-        num_workers=num_workers,
+        _TeacherInputs(dataset, SquashResize(size, cfg.interpolation, draft=False)),
+        batch_sampler=batches,
+        num_workers=num_workers if batches else 0,
         pin_memory=device.type == "cuda",
     )
     # bf16 only where the device has bf16 units: elsewhere a warning and float32 (kernels.amp)
-    dtype = kernels.resolve_amp("bf16" if amp else "none", device)
-    autocast = kernels.autocast(device, dtype) if dtype is not None else nullcontext()
-    row, committed = done, done
-    with tqdm(
-        total=len(ids), initial=done, unit="img", desc="relabel", disable=not progress
-    ) as bar:
-        for images in loader:
-            x = (images.to(device, non_blocking=True).float() - mean) / std
-            with autocast:
-                logits = dense_logits(teacher, x)
-            logits = logits.float()
-            if tuple(logits.shape[-2:]) != grid:
-                logits = F.interpolate(logits, size=grid, mode="bilinear", antialias=True)
-            values, indices = logits.softmax(dim=1).topk(topk, dim=1)
-            end = row + len(images)
-            labels["values"][row:end] = values.cpu().numpy().astype(np.float16)
-            labels["indices"][row:end] = indices.cpu().numpy().astype(labels["indices"].dtype)
-            row = end
-            bar.update(len(images))
-            if row - committed >= chunk_size or row == len(ids):
-                labels.flush()
-                _write_json_atomic(out / PROGRESS_FILE, {"done": row})
-                committed = row
-    del labels
+    amp_dtype = kernels.resolve_amp("bf16" if amp else "none", device)
+    autocast = kernels.autocast(device, amp_dtype) if amp_dtype is not None else nullcontext()
+    with (
+        open(out / LABELS_FILE, "r+b") as f,
+        tqdm(
+            total=len(ids),
+            initial=done,
+            unit="img",
+            desc="relabel",
+            disable=not progress or rank != 0,
+        ) as bar,
+    ):
+        count = _GlobalCount(bar)
+        images_of = iter(loader)
+        for start, end in mine:
+            rows = np.zeros(end - start, dtype)
+            for row in range(start, end, batch_size):
+                images = next(images_of)
+                x = (images.to(device, non_blocking=True).float() - mean) / std
+                with autocast:
+                    logits = dense_logits(teacher, x)
+                logits = logits.float()
+                if tuple(logits.shape[-2:]) != grid:
+                    logits = F.interpolate(logits, size=grid, mode="bilinear", antialias=True)
+                values, indices = logits.softmax(dim=1).topk(topk, dim=1)
+                at = slice(row - start, row - start + len(images))
+                rows["values"][at] = values.cpu().numpy().astype(np.float16)
+                rows["indices"][at] = indices.cpu().numpy().astype(rows["indices"].dtype)
+                bar.update(len(images))
+            # the rows reach the disk before the record that says they are done
+            f.seek(offset + start * dtype.itemsize)
+            f.write(rows.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+            own = _merge([*own, [start, end]])
+            _write_json_atomic(own_path, {"rows": own})
+            count.post(end - start)
+        for _ in range(rounds - len(mine)):  # every rank joins every round's all-reduce
+            count.post(0)
+        count.collect()
+    distributed.barrier()  # every chunk of every rank is written and recorded
+    if rank == 0:
+        _write_json_atomic(out / PROGRESS_FILE, {"done": len(ids)})
+        for path in _rank_progress_files(out):
+            path.unlink()
+    distributed.barrier()
     return TokenLabelStore(out)

@@ -2,12 +2,14 @@
 
 ``torchrun --nproc-per-node N -m tokenmix.cli.main train ...`` sets ``RANK``, ``WORLD_SIZE``
 and ``LOCAL_RANK``; without them the run is a single process and every helper here is a
-no-op. The backend is NCCL on CUDA and Gloo on CPU. Only rank 0 writes files and logs.
+no-op. The backend is NCCL on CUDA and Gloo on CPU. Only rank 0 writes files and logs (except
+``tokenmix relabel``, where every rank writes its own rows of the one label file).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -72,3 +74,38 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised process group; ``(0, 1)`` without one.
+
+    For library functions that are handed an already-joined group (or none) rather than
+    calling :func:`init_distributed` themselves.
+    """
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def collective_device() -> torch.device:
+    """Where tensors for a collective must live: the current CUDA device under NCCL, else CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum_async(t: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Start a sum over processes in place; the returned function waits for it and returns ``t``.
+
+    Lets a process post its count and keep working, collecting the total one step later, so
+    no process waits for the slowest at every step (identity for a single process).
+    """
+    if not dist.is_initialized():
+        return lambda: t
+    work = dist.all_reduce(t, op=dist.ReduceOp.SUM, async_op=True)
+
+    def wait() -> torch.Tensor:
+        work.wait()
+        return t
+
+    return wait
