@@ -1,4 +1,6 @@
-"""A run killed with SIGKILL mid-epoch and resumed repeats the uninterrupted run exactly.
+"""A run killed with SIGKILL mid-epoch and resumed repeats the uninterrupted run exactly; a
+resume applies the settings it may change exactly and refuses the others; resuming from an
+older step moves the later checkpoints to a branch folder.
 
 Everything random is on (random-resized crops, rotation, RandAugment, random erasing, Mixup and
 CutMix, drop path) along with EMA, gradient accumulation and clipping, so the test covers every
@@ -8,7 +10,9 @@ source of state a resume has to restore.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +22,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from tokenmix.cli.main import main
+from tokenmix.config import Config, load_config, to_dict
 from tokenmix.engine import checkpoint as ckpt
+from tokenmix.engine import resume
 from tokenmix.engine.metrics import read_metrics
+from tokenmix.engine.optim import lr_factor
+from tokenmix.engine.train import fit
+
+from .test_engine import TINY
 
 RECIPE = """
 model: {name: test_cdfformer, img_size: 32, drop_path_rate: 0.1, kwargs: {dims: [8, 8, 16, 16]}}
@@ -125,3 +136,128 @@ def test_sigkill_then_resume_repeats_the_trajectory(tmp_path: Path) -> None:
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
     assert json.loads((run / "results.json").read_text())["steps"] == STEPS
+
+
+# --- what a resume may change, and branches -------------------------------------------------
+# 4 steps an epoch (64 images, batch 16), 2 epochs; checkpoints at steps 4, 6 and 8 remain
+BRANCH_RUN = [
+    *TINY,
+    "data.train_limit=64",
+    "train.epochs=2",
+    "checkpoint.every_steps=2",
+    "checkpoint.keep_last=3",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished 8-step run; tests copy it before changing it."""
+    run = tmp_path_factory.mktemp("resume") / "run"
+    fit(load_config(overrides=BRANCH_RUN), run)
+    return run
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _names(folder: Path) -> list[str]:
+    return [p.name for p in ckpt.list_checkpoints(folder)]
+
+
+def test_changed_lr_weight_decay_and_epochs_are_applied_exactly(
+    finished_run: Path, tmp_path: Path, caplog
+) -> None:
+    run = _copy(finished_run, tmp_path)
+    overrides = ["optim.lr=0.002", "optim.weight_decay=0.1", "train.epochs=3"]
+    with caplog.at_level(logging.WARNING, logger="tokenmix"):
+        assert main(["train", "--resume", str(run), "--set", *overrides]) == 0
+    assert "optim.lr 0.001 -> 0.002" in caplog.text and "train.epochs 2 -> 3" in caplog.text
+    assert "optim.weight_decay 0.05 -> 0.1" in caplog.text
+    records = [r for r in read_metrics(run) if r["kind"] == "train"]
+    assert [r["step"] for r in records] == list(range(1, 13))
+    # the rate a 12-step run at lr 0.002 has at each step: the schedule's base rate changed
+    for r in records[8:]:
+        expected = 0.002 * lr_factor(
+            r["step"], total_steps=12, warmup_steps=0, base_lr=0.002, warmup_lr=1e-6, min_lr=1e-6
+        )
+        assert r["lr"] == pytest.approx(expected, rel=1e-12), r["step"]
+    state = ckpt.load_train_state(ckpt.latest_checkpoint(run / "checkpoints"))
+    assert sorted(g["weight_decay"] for g in state["optimizer"]["param_groups"]) == [0.0, 0.1]
+    assert {g["initial_lr"] for g in state["optimizer"]["param_groups"]} == {0.002}
+    assert load_config(run / "config.yaml").optim.lr == 0.002  # and config.yaml says so
+
+
+def test_settings_the_checkpoint_fixes_are_refused_by_name(
+    finished_run: Path, tmp_path: Path, capsys
+) -> None:
+    run = _copy(finished_run, tmp_path)
+    before = (run / "metrics.jsonl").read_text()
+    changes = ["train.batch_size=8", "model.drop_path_rate=0.2", "train.seed=3", "optim.lr=0.01"]
+    assert main(["train", "--resume", str(run), "--set", *changes]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "train.batch_size (16 -> 8" in err
+    assert "model.drop_path_rate (0.0 -> 0.2" in err and "train.seed (0 -> 3" in err
+    assert "optim.lr (" not in err  # that one could change
+    assert "Changeable on resume: optim.lr" in err
+    assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_every_config_key_has_a_resume_rule() -> None:
+    """A new config key must be classed as changeable on resume or not, not fall through."""
+    for section, fields in to_dict(Config()).items():
+        for name in fields:
+            _, why = resume.rule(f"{section}.{name}")
+            assert why != "not known to the resume rules", f"{section}.{name}"
+    assert not resume.rule("train.batch_size")[0] and resume.rule("optim.lr")[0]
+    assert not resume.rule("model.kwargs")[0] and resume.rule("model.pretrained")[0]
+
+
+def test_resume_from_an_older_step_branches_instead_of_pruning(
+    finished_run: Path, tmp_path: Path, caplog
+) -> None:
+    run = _copy(finished_run, tmp_path)
+    d = run / "checkpoints"
+    assert _names(d) == ["step_00000004", "step_00000006", "step_00000008"]
+    old8 = (d / "step_00000008" / ckpt.MODEL_FILE).stat().st_ino
+    best_step = int(ckpt.read_metadata(d / ckpt.BEST_FILE)["step"])
+    with caplog.at_level(logging.WARNING, logger="tokenmix"):
+        code = main(["train", "--resume", str(d / "step_00000004"), "--set", "train.max_steps=6"])
+    assert code == 0
+    branch = run / "branches" / "001_from_step_00000004"
+    assert "step_00000008, step_00000006" in caplog.text and str(branch) in caplog.text
+    # the new line is the run's, complete and unpruned; the old line is kept, moved as it was
+    assert _names(d) == ["step_00000004", "step_00000006"]
+    assert _names(branch / "checkpoints") == ["step_00000006", "step_00000008"]
+    assert (branch / "checkpoints" / "step_00000008" / ckpt.MODEL_FILE).stat().st_ino == old8
+    assert (branch / "checkpoints" / ckpt.BEST_FILE).is_file() == (best_step > 4)
+    assert json.loads((branch / "results.json").read_text())["steps"] == 8
+    assert json.loads((run / "results.json").read_text())["steps"] == 6
+    old_steps = [r["step"] for r in read_metrics(branch) if r["kind"] == "train"]
+    assert old_steps == list(range(1, 9))
+    assert [s for s, _ in _train_losses(run)] == list(range(1, 7))
+    # a plain --resume follows the new line, not the old line's later step 8
+    assert main(["train", "--resume", str(run), "--set", "train.max_steps=7"]) == 0
+    assert [s for s, _ in _train_losses(run)] == list(range(1, 8))
+    assert _names(d)[-1] == "step_00000007" and len(list((run / "branches").iterdir())) == 1
+
+
+def test_fresh_run_in_a_used_folder_moves_the_old_run_aside(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    """``fit`` without resume (the command line refuses this; the API did not) mixes nothing."""
+    run = _copy(finished_run, tmp_path)
+    fit(load_config(overrides=[*BRANCH_RUN, "train.max_steps=2"]), run)
+    branch = run / "branches" / "001_from_step_00000000"
+    assert _names(branch / "checkpoints") == ["step_00000004", "step_00000006", "step_00000008"]
+    assert _names(run / "checkpoints") == ["step_00000002"]
+    assert [s for s, _ in _train_losses(run)] == [1, 2]

@@ -2,12 +2,19 @@
 
 The recipe (configs/*.yaml) overrides the defaults in tokenmix.config.schema; --set overrides
 the recipe with dotted keys. Unknown keys and bad values are errors naming the key.
-The run folder is run.output_dir/run.name (default: runs/<recipe name>).
+The run folder is run.output_dir/run.name (default: runs/<recipe name>); one run at a time
+holds it (a second one stops, naming the first one's PID).
+--resume continues under the checkpoint's stored config; --set may change the optimizer's
+hyper-parameters, the schedule, train.epochs/max_steps, amp, augmentation and logging (applied
+exactly from the checkpoint's step), not the model, data, batch size or seed. Resuming from an
+older step moves the run's later checkpoints to RUN/branches/ and continues from there.
 
 Examples:
   tokenmix train --config configs/digits_demo.yaml
   tokenmix train --config configs/cifar10_dfformer_s18.yaml --set optim.lr=2e-4 train.epochs=5
   tokenmix train --config configs/digits_demo.yaml --resume          # continue after a crash
+  tokenmix train --resume runs/digits_demo --set optim.lr=5e-4        # continue at a lower rate
+  tokenmix train --resume runs/digits_demo/checkpoints/step_00000400  # branch from an older step
   tokenmix train --config configs/dfformer_s18_in1k.yaml --smoke --set data.train=digits
   tokenmix train --config configs/digits_demo.yaml --print-config    # resolved config, no run
   (--smoke: 3 steps on 32 images, to check a recipe end to end before a long run)
@@ -119,7 +126,13 @@ def _run_dir(cfg: Any, config_path: Path | None) -> Path:
 
 
 def _find_checkpoint(value: str, cfg: Any, config_path: Path | None) -> Path:
-    """The step checkpoint ``--resume`` points to: latest of the recipe's run, or given."""
+    """The step checkpoint ``--resume`` points to: a step folder as given, else the newest
+    intact checkpoint of the run (the recipe's, or the folder given).
+
+    A damaged newest checkpoint (a truncated file) is skipped with a warning naming the bad
+    file; the run then continues from the one before as a new branch, and the damaged one is
+    moved aside with the rest of the abandoned line (see :mod:`tokenmix.engine.resume`).
+    """
     from tokenmix.engine import checkpoint as ckpt
 
     if value == "latest":
@@ -131,7 +144,7 @@ def _find_checkpoint(value: str, cfg: Any, config_path: Path | None) -> Path:
     if (where / ckpt.STATE_FILE).is_file():
         return where
     ckpt_dir = where / "checkpoints" if (where / "checkpoints").is_dir() else where
-    found = ckpt.latest_checkpoint(ckpt_dir)
+    found = ckpt.newest_intact_checkpoint(ckpt_dir)
     if found is None:
         raise FileNotFoundError(f"no checkpoint to resume in {where}")
     return found

@@ -16,15 +16,21 @@ uninterrupted run's steps exactly on CPU (on GPU, up to non-deterministic kernel
 
 A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl``, ``tb/``
 (TensorBoard), ``checkpoints/`` (:mod:`tokenmix.engine.checkpoint`), ``plots/`` and
-``results.json`` (the final evaluation).
+``results.json`` (the final evaluation), and ``.train.lock``: one run at a time holds it for
+its whole life (:mod:`tokenmix.engine.runlock`), so two runs never mix in one folder. A
+resume may change only the settings :mod:`tokenmix.engine.resume` allows, and applies those
+exactly; resuming before the folder's latest checkpoint (or starting afresh in a folder that
+holds checkpoints) moves the later ones to ``branches/`` instead of mixing or pruning them.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -55,9 +61,11 @@ from .build import (
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .ema import create_ema, load_ema
 from .evaluate import EvalResult, evaluate
-from .metrics import MetricsWriter, progress_bar, read_metrics
+from .metrics import METRICS_FILE, MetricsWriter, progress_bar, read_metrics
 from .optim import create_optimizer, create_scheduler
-from .predict import predict_topk
+from .predict import grid_samples, predict_topk
+from .resume import check_resume_changes, move_later_aside
+from .runlock import RunFolderError, RunLock, describe_os_error
 
 log = logging.getLogger("tokenmix")
 
@@ -207,16 +215,74 @@ def is_better(value: float, best: float | None, monitor: str) -> bool:
 def fit(cfg: Config, run_dir: str | Path, *, resume: str | Path | None = None) -> FitResult:
     """Train ``cfg`` in ``run_dir``, from the step checkpoint ``resume`` when given.
 
-    Joins the ``torchrun`` process group when launched by it; only rank 0 writes files.
+    Joins the ``torchrun`` process group when launched by it; only rank 0 writes files, and
+    rank 0 holds the run folder's lock from start to end.
+
+    Raises:
+        RunLockedError: another run is using ``run_dir`` (the message names its PID).
+        RunFolderError: ``run_dir`` cannot be written (read-only, full), naming the file.
+        CheckpointWriteError: a checkpoint could not be written; earlier ones are intact.
+        ResumeConfigError: ``cfg`` changes a setting the checkpoint cannot continue under.
     """
     dist = init_distributed(cfg.train.device)
+    run_dir = Path(run_dir)
+    new_folder = not run_dir.exists()
+    lock = RunLock(run_dir) if dist.is_main else None
     try:
-        trainer = Trainer(cfg, Path(run_dir), dist)
+        if lock is not None:
+            lock.acquire()
+            remove_leftovers(run_dir)
+        trainer = Trainer(cfg, run_dir, dist)
         if resume is not None:
             trainer.restore(Path(resume))
+        elif dist.is_main:  # a fresh run: an earlier run's checkpoints go aside, not mixed in
+            move_later_aside(run_dir, 0)
         return trainer.run()
+    except OSError as e:
+        if isinstance(e, ckpt.CheckpointWriteError) or not _is_run_folder_error(e, run_dir):
+            raise
+        last = ckpt.latest_checkpoint(run_dir / "checkpoints")
+        where = f"{e.filename} in the run folder {run_dir}" if e.filename else f"to {run_dir}"
+        raise RunFolderError(
+            f"{describe_os_error(e)} while writing {where}: {e}. "
+            + (f"The last checkpoint {last.name} is intact; " if last else "")
+            + "fix the cause, then continue with --resume"
+        ) from e
     finally:
+        if lock is not None:
+            lock.release()
+            # a run refused before it wrote anything (bad config) leaves no folder behind
+            if new_folder and {p.name for p in run_dir.iterdir()} <= {lock.path.name}:
+                shutil.rmtree(run_dir, ignore_errors=True)
         shutdown()
+
+
+def _is_run_folder_error(e: OSError, run_dir: Path) -> bool:
+    """Whether ``e`` is a failure to write the run folder (not, say, a missing data file).
+
+    A file object's ``write`` (``metrics.jsonl``) reports no file name; then only the error
+    codes that writing alone produces count.
+    """
+    if e.filename is None:
+        return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    try:
+        Path(e.filename).resolve().relative_to(run_dir.resolve())
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Delete the temporary files and folders killed writes left in ``run_dir`` (call it
+    holding the run's lock: a live run's temporaries look the same)."""
+    removed = ckpt.remove_leftovers(run_dir / "checkpoints")
+    for name in ("config.yaml", "results.json", METRICS_FILE):
+        tmp = run_dir / f".{name}.tmp"
+        if tmp.is_file():
+            tmp.unlink()
+            removed.append(tmp)
+    if removed:
+        log.info("removed leftovers of an interrupted write: %s", ", ".join(map(str, removed)))
 
 
 class Trainer:
@@ -265,6 +331,7 @@ class Trainer:
             seed=tc.seed,
             rank=dist.rank,
             world_size=world,
+            progress=cfg.log.progress and dist.is_main,
         )
         self.steps_per_epoch = self.train_loader.batches_per_epoch // accum
         if self.steps_per_epoch == 0:
@@ -343,8 +410,15 @@ class Trainer:
         }
 
     def restore(self, path: Path) -> None:
-        """Load a step checkpoint (weights, EMA, optimizer, schedule, scaler, counters, loader)."""
+        """Load a step checkpoint (weights, EMA, optimizer, schedule, scaler, counters, loader).
+
+        The run continues under ``self.cfg``: settings that differ from the checkpoint's
+        stored config are applied exactly or refused (:mod:`tokenmix.engine.resume`), and
+        checkpoints of this folder later than ``path`` are moved to a branch folder.
+        """
         state = ckpt.load_train_state(path)
+        stored = ckpt.read_metadata(path / ckpt.MODEL_FILE).get("config")
+        changes = check_resume_changes(json.loads(stored), self.cfg, path) if stored else []
         self.model.load_state_dict(ckpt.load_checkpoint_weights(path))
         if self.ema is not None:
             if not (path / ckpt.EMA_FILE).is_file():
@@ -352,15 +426,49 @@ class Trainer:
             load_ema(
                 self.ema, ckpt.load_checkpoint_weights(path, ckpt.EMA_FILE), state["ema_updates"]
             )
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        self._restore_optimization(state)
         self.train_loader.load_state_dict(state["loader"])
         self.counters = Counters(**state["counters"])
         self.resumed = True
+        if self.dist.is_main:
+            move_later_aside(self.run_dir, self.counters.step)
+        barrier()
+        if changes and self.dist.is_main:
+            log.warning("resuming with changed settings: %s", "; ".join(changes))
         log.info(
             "resumed %s at epoch %d, step %d", path, self.counters.epoch + 1, self.counters.step
         )
+
+    def _restore_optimization(self, state: dict[str, Any]) -> None:
+        """Optimizer, schedule and scaler state, with the hyper-parameters of ``self.cfg``.
+
+        The saved param groups carry the old run's lr, weight decay, betas, ...; they are
+        overwritten with those of the freshly built optimizer. The scheduler keeps its step
+        count but takes its base rates and lambda from the fresh one, which was built from
+        the current ``optim.lr``, ``sched.*`` and ``train.epochs``; so the rate continues
+        exactly as a run started with the current config would have it at this step (and,
+        with an unchanged config, bit for bit as before).
+        """
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, values in zip(self.optimizer.param_groups, fresh, strict=True):
+            group.update(values)
+        sched = self.scheduler
+        sched.load_state_dict(state["scheduler"])
+        sched.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        lrs = [
+            base * fn(sched.last_epoch)
+            for base, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)
+        ]
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        sched._last_lr = lrs
+        if not self.scaler.is_enabled():
+            return  # fp16 off from here: the saved scale, if any, has no use
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        else:
+            log.info("train.amp=fp16 from this resume on: starting a fresh gradient scaler")
 
     def save(self) -> None:
         """A step checkpoint (rank 0 writes; every rank waits for it)."""
@@ -396,7 +504,7 @@ class Trainer:
                 "value": value,
                 "weights": "ema" if use_ema else "model",
             }
-            ckpt.save_weights(self.ckpt_dir / ckpt.BEST_FILE, net.state_dict(), meta)
+            ckpt.save_best(self.ckpt_dir, net.state_dict(), meta)
 
     # --- steps ------------------------------------------------------------------------------
     def train_step(self, group: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
@@ -487,6 +595,7 @@ class Trainer:
                 autocast=self.autocast,
                 total=len(self.val_loader.sampler),
                 progress=self.cfg.log.progress and self.dist.is_main,
+                hflip=self.cfg.eval.hflip,
             )
         values: dict[str, float] = {}
         for prefix, r in results.items():
@@ -513,7 +622,12 @@ class Trainer:
             self.run_dir,
             enabled=dist.is_main,
             tensorboard=cfg.log.tensorboard,
-            resume_step=self.counters.step if self.resumed else None,
+            # a fresh run drops what a killed first attempt (no checkpoint yet) logged
+            resume_step=(
+                self.counters.step
+                if self.resumed or (self.run_dir / METRICS_FILE).is_file()
+                else None
+            ),
         )
         every_steps = cfg.checkpoint.every_steps
         results: dict[str, EvalResult] = {}
@@ -591,10 +705,8 @@ class Trainer:
             plot_curves(read_metrics(self.run_dir), plots_dir / "curves.png"),
             plot_confusion(final.confusion, self.classes, plots_dir / "confusion.png"),
         ]
-        n = min(self.cfg.eval.grid_images, len(self.val_set))
-        if n:
-            picks = np.linspace(0, len(self.val_set) - 1, n).round().astype(int)
-            images = torch.stack([self.val_set[int(i)][0] for i in picks])
+        images, picks = grid_samples(self.val_set, self.cfg.eval.grid_images)  # no skipped ones
+        if picks:
             preds = predict_topk(
                 self.model,
                 images,
