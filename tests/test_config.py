@@ -106,3 +106,63 @@ def test_recipes_only_override(tmp_path: Path) -> None:
     for recipe in RECIPES:
         raw = yaml.safe_load(recipe.read_text())
         assert all(value not in (None, {}) for value in raw.values()), recipe
+
+
+def test_yaml_aliases_are_refused_in_recipes_and_overrides(tmp_path: Path) -> None:
+    """Aliases are how 428 bytes of YAML ("billion laughs") expand to a billion strings."""
+    laughs = tmp_path / "laughs.yaml"
+    laughs.write_text(
+        "model:\n  kwargs:\n    a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+        "    b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        "    c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+    )  # three levels (729 strings) so that an unchecked loader survives it too
+    with pytest.raises(ConfigError, match=r"laughs\.yaml:4: YAML alias \*a is not allowed"):
+        load_config(laughs)
+    with pytest.raises(ConfigError, match=r"override model\.kwargs:1: YAML alias \*x"):
+        load_config(overrides=["model.kwargs={a: &x [1, 2], b: *x}"])
+    assert load_config(overrides=["data.train=*.jpg"]).data.train == "*.jpg"  # not an alias
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path: Path) -> None:
+    recipe = tmp_path / "dup.yaml"
+    recipe.write_text("optim:\n  lr: 0.1\ntrain:\n  epochs: 2\noptim:\n  name: sgd\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml:5: duplicate key optim \(first .* line 1\)"):
+        load_config(recipe)
+    recipe.write_text("optim:\n  lr: 0.1\n  name: sgd\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml:4: duplicate key optim\.lr"):
+        load_config(recipe)
+    with pytest.raises(ConfigError, match=r"duplicate key dims"):
+        load_config(overrides=["model.kwargs={dims: [1], dims: [2]}"])
+
+
+def test_non_utf8_recipe_names_file_and_line(tmp_path: Path) -> None:
+    recipe = tmp_path / "latin1.yaml"
+    recipe.write_bytes("optim:\n  lr: 0.1  # café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml:2: not UTF-8 text \(byte 0xe9"):
+        load_config(recipe)
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("optim.lr=nan", ["optim.lr", "'nan' is not a finite number"]),
+        ("optim.lr=.nan", ["optim.lr", "nan is not a finite number"]),
+        ("optim.lr=1e400", ["optim.lr", "'1e400' is not a finite number"]),
+        ("optim.lr=1e39", ["optim.lr", "1e+39", "< 10"]),
+        ("optim.weight_decay=-0.1", ["optim.weight_decay", "-0.1", ">= 0"]),
+        ("optim.betas=[0.9, 1.0]", ["optim.betas", "(0.9, 1.0)", "< 1"]),
+        ("sched.min_lr=.inf", ["sched.min_lr", "inf is not a finite number"]),
+        ("aug.ratio=[0,0]", ["aug.ratio", "(0.0, 0.0)", "> 0"]),
+        ("aug.ratio=[1.3, 0.7]", ["aug.ratio", "(1.3, 0.7)", "min <= max"]),
+        ("aug.scale=[0, 1]", ["aug.scale", "(0.0, 1.0)", "> 0.0 and <= 1.0"]),
+        ("aug.scale=[0.5, 1.5]", ["aug.scale", "(0.5, 1.5)", "<= 1.0"]),
+        ("aug.scale=[0.9, 0.2]", ["aug.scale", "(0.9, 0.2)", "min <= max"]),
+        ("aug.erase_rate=2", ["aug.erase_rate", "2.0", "<= 1"]),
+        ("aug.color_jitter=-.inf", ["aug.color_jitter", "not a finite number"]),
+    ],
+)
+def test_numbers_are_checked_at_load_time(override: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))

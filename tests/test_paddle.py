@@ -214,3 +214,47 @@ def test_convert_command_resizes_and_checks_class_count(tmp_path: Path) -> None:
     wrong = ["convert", str(path), str(tmp_path / "x.safetensors"), "--model", "test_dfformer"]
     assert cli_main([*wrong, "--num-classes", "5"]) == 2
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def _hex_bomb(levels: int) -> bytes:
+    """``{'w': encode(...encode(encode('AAAA', 'latin1'), 'hex')..., 'hex')}``: 4 * 2**levels
+    bytes from ~6 * levels; ``_codecs.encode`` is allowed because protocol 2 spells bytes with it."""
+    out = b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01c_codecs\nencode\nq\x02" + b"h\x02" * levels
+    out += b"X\x04\x00\x00\x00AAAAX\x06\x00\x00\x00latin1\x86R"
+    out += b"X\x03\x00\x00\x00hexq\x03\x86R" + b"h\x03\x86R" * (levels - 1)
+    return out + b"s."
+
+
+def test_pdparams_codec_amplification_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "hex.pdparams"
+    path.write_bytes(_hex_bomb(22))  # 16 MiB from 200 bytes; 40 levels would ask for 4 TiB
+    with pytest.raises(CheckpointError, match=r"hex\.pdparams: refused to load: _codecs\.encode"):
+        read_pdparams(path)
+
+
+def test_pdparams_array_shape_bombs_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "shape.pdparams"
+    # numpy's _reconstruct with a 1 TiB shape instead of numpy's (0,)
+    path.write_bytes(
+        b"\x80\x02}X\x01\x00\x00\x00wcnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+        b"\x8a\x06" + (2**40).to_bytes(6, "little") + b"\x85C\x01b\x87Rs."
+    )
+    with pytest.raises(CheckpointError, match=r"shape\.pdparams: refused .*byte budget exceeded"):
+        read_pdparams(path)
+    # an object array whose state claims 2**40 items and holds one (numpy allocates first)
+    data = pickle.dumps({"w": np.array([None], dtype=object)}, protocol=2)
+    path.write_bytes(
+        data.replace(b"K\x01\x85", b"\x8a\x06" + (2**40).to_bytes(6, "little") + b"\x85", 1)
+    )
+    with pytest.raises(
+        CheckpointError, match=r"refused .*object array of shape \(1099511627776,\)"
+    ):
+        read_pdparams(path)
+
+
+def test_pdparams_deep_nesting_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "deep.pdparams"
+    levels = 5000  # two bytes a level
+    path.write_bytes(b"\x80\x02}X\x01\x00\x00\x00w" + b"]" * levels + b"a" * (levels - 1) + b"s.")
+    with pytest.raises(CheckpointError, match=r"deep\.pdparams: refused .*nested deeper than 100"):
+        read_pdparams(path)

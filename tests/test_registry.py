@@ -165,3 +165,58 @@ def test_overrides_change_architecture() -> None:
     assert model.stages[0][0].token_mixer.complex_weights.shape == (16, 9, 4, 2)
     with pytest.raises(TypeError):
         tokenmix.create_model("dfformer_s18", not_an_argument=1)
+
+
+@pytest.mark.parametrize("name", ["test_dfformer", "test_lvvit"])
+def test_extra_classifier_key_is_an_error_not_a_reinit(name: str, caplog) -> None:
+    """A stray ``head.fc9.weight`` is an unexpected key like any other, not "another class
+    count" (which used to drop it with a false "classifier re-initialised" warning)."""
+    from tokenmix.models import CheckpointError, load_weights
+
+    model = tokenmix.create_model(name)
+    state = model.state_dict()
+    state["head.fc9.weight"] = torch.zeros(3, 3)
+    with caplog.at_level("WARNING", logger="tokenmix"), pytest.raises(CheckpointError) as err:
+        load_weights(tokenmix.create_model(name), state)
+    assert "unexpected in the checkpoint: head.fc9.weight" in str(err.value)
+    assert "another number of classes" not in caplog.text
+
+
+def test_classifier_messages_only_when_the_head_really_differs(caplog) -> None:
+    from tokenmix.models import load_weights
+
+    state = tokenmix.create_model("test_dfformer").state_dict()
+    with caplog.at_level("WARNING", logger="tokenmix"):
+        assert load_weights(tokenmix.create_model("test_dfformer"), state).reinitialized == []
+    assert caplog.text == ""
+    with caplog.at_level("WARNING", logger="tokenmix"):
+        report = load_weights(tokenmix.create_model("test_dfformer", num_classes=0), state)
+    assert sorted(report.reinitialized) == ["head.fc2.bias", "head.fc2.weight"]
+    assert "no classifier layer" in caplog.text and "another number" not in caplog.text
+
+
+def test_nonfinite_weights_are_refused_unless_allowed(tmp_path) -> None:
+    from tokenmix.models import CheckpointError, load_weights
+
+    model = tokenmix.create_model("test_dfformer")
+    state = model.state_dict()
+    names = [k for k, v in state.items() if v.is_floating_point()][:7]
+    for i, key in enumerate(names):
+        state[key] = (
+            state[key]
+            .clone()
+            .view(-1)
+            .index_fill(0, torch.tensor([0]), torch.nan if i % 2 else torch.inf)
+            .view_as(state[key])
+        )
+    with pytest.raises(CheckpointError) as err:
+        load_weights(tokenmix.create_model("test_dfformer"), state)
+    text = str(err.value)
+    assert "7 tensor(s) hold NaN or inf" in text and names[0] in text and "(2 more)" in text
+    assert "allow_nonfinite=True" in text
+    path = tmp_path / "nan.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"nan\.pth: 7 tensor"):
+        tokenmix.create_model("test_dfformer", pretrained=path)
+    loaded = tokenmix.create_model("test_dfformer", pretrained=path, allow_nonfinite=True)
+    assert not torch.isfinite(loaded.state_dict()[names[0]]).all()

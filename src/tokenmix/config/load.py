@@ -9,9 +9,11 @@ the key and what it accepts, and nothing runs on a config that failed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
+import math
 import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -52,10 +54,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            "save the recipe as UTF-8"
+        ) from e
+    data = parse_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -65,6 +73,68 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases and duplicate keys.
+
+    Aliases (``*name``) are how a few hundred bytes of YAML expand to billions of nodes
+    ("billion laughs"); a recipe never needs them. A duplicate key silently replaces the first
+    value in PyYAML, so a section written twice would lose half its settings without a word.
+    """
+
+    source = "<yaml>"
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            if event.anchor in self.anchors:  # an undefined alias is PyYAML's own error
+                raise ConfigError(
+                    f"{self.source}:{event.start_mark.line + 1}: YAML alias *{event.anchor} is "
+                    "not allowed in a config (aliases can expand a small file without bound); "
+                    "write the value out"
+                )
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse config YAML without aliases or duplicate keys; errors name ``source`` and line."""
+    loader = _RecipeLoader(text)
+    loader.source = source
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, source)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{source}: YAML nested too deeply") from e
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(root: yaml.Node, source: str) -> None:
+    """Walk the composed document (iteratively) and refuse a key given twice in one mapping."""
+    todo: list[tuple[yaml.Node, str]] = [(root, "")]
+    while todo:
+        node, where = todo.pop()
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend((item, f"{where}[{i}]") for i, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+                dotted = f"{where}.{key}" if where else key
+                line = key_node.start_mark.line + 1
+                if isinstance(key_node, yaml.ScalarNode) and key in seen:
+                    raise ConfigError(
+                        f"{source}:{line}: duplicate key {dotted} (first given on line "
+                        f"{seen[key]}); YAML would silently keep only the last one"
+                    )
+                seen[key] = line
+                todo.append((value_node, dotted))
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``"optim.lr=1e-3"`` -> ``("optim.lr", 0.001)``; the value is read as YAML."""
     key, sep, text = item.partition("=")
@@ -72,8 +142,10 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-3)")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        value = parse_yaml(text, f"override {key}") if text.strip() else ""
+    except ConfigError as e:
+        if not isinstance(e.__cause__, yaml.YAMLError):
+            raise  # an alias or a duplicate key: refused, not read as text
         value = text
     return key, value
 
@@ -173,13 +245,19 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is float:
         # YAML reads "1e-3" (no dot) as a string; accept it and integers as floats.
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            if isinstance(value, int) and abs(value) >= 2**1024:
+                raise ConfigError(f"{key}: an integer of {value.bit_length()} bits is too large")
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is not None:
+            if not math.isfinite(number):
+                # nan/inf pass every range comparison; refuse them here, by key
+                raise ConfigError(f"{key}: {_show(value)} is not a finite number")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -191,7 +269,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
     if value is None or not meta:
         return
-    ge, gt, le = meta.get("ge"), meta.get("gt"), meta.get("le")
+    ge, gt, le, lt = meta.get("ge"), meta.get("gt"), meta.get("le"), meta.get("lt")
     items = value if isinstance(value, tuple) else (value,)
     for v in items:
         if not isinstance(v, (int, float)):
@@ -200,11 +278,14 @@ def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
             (ge is not None and v < ge)
             or (gt is not None and v <= gt)
             or (le is not None and v > le)
+            or (lt is not None and v >= lt)
         ):
             lo = f">= {ge}" if ge is not None else f"> {gt}" if gt is not None else ""
-            hi = f"<= {le}" if le is not None else ""
+            hi = f"<= {le}" if le is not None else f"< {lt}" if lt is not None else ""
             allowed = " and ".join(p for p in (lo, hi) if p)
             raise ConfigError(f"{key}: {_show(value)} is out of range; allowed: {allowed}")
+    if meta.get("ordered") and isinstance(value, tuple) and list(value) != sorted(value):
+        raise ConfigError(f"{key}: {_show(value)} must be a (min, max) pair with min <= max")
 
 
 def _describe(tp: Any) -> str:

@@ -21,10 +21,20 @@ MONITOR = Literal["top1", "top5", "loss", "ema_top1", "ema_top5", "ema_loss"]
 
 
 def bounded(
-    default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    ordered: bool = False,
 ) -> Any:
-    """A field with a numeric range the loader enforces (``ge`` <= value, ``gt`` < value, ``le`` >= value)."""
-    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le})
+    """A field with a numeric range the loader enforces (``ge`` <= value, ``gt`` < value,
+    ``le`` >= value, ``lt`` > value; for a tuple, every item). ``ordered``: a ``(min, max)``
+    pair that must not be reversed. Every float must also be finite (the loader's rule)."""
+    return field(
+        default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt, "ordered": ordered}
+    )
 
 
 @dataclass
@@ -90,8 +100,9 @@ class AugmentConfig:
     """
 
     # RandomResizedCrop area fraction and aspect range; scale null = whole image, no crop.
-    scale: tuple[float, float] | None = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    scale: tuple[float, float] | None = bounded((0.08, 1.0), gt=0.0, le=1.0, ordered=True)
+    # log-uniform, so both ends must be > 0
+    ratio: tuple[float, float] = bounded((3 / 4, 4 / 3), gt=0.0, ordered=True)
     hflip_rate: float = bounded(0.5, ge=0.0, le=1.0)
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
     # Random rotation in +-degrees (the seed's CIFAR-10 setup uses 20).
@@ -131,12 +142,13 @@ class LossConfig:
 class OptimConfig:
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     # Peak learning rate, for the global batch `train.batch_size` (not scaled automatically).
-    lr: float = bounded(1e-3, gt=0.0)
+    lr: float = bounded(1e-3, gt=0.0, lt=10.0)
     # Applied to matrices and convolutions only: 1-D parameters (norms, biases, scales) and
     # the model's `no_weight_decay()` names are exempt, as in timm.
-    weight_decay: float = bounded(0.05, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = bounded(1e-8, gt=0.0)
+    weight_decay: float = bounded(0.05, ge=0.0, lt=10.0)
+    # beta = 1 divides by zero in Adam's bias correction
+    betas: tuple[float, float] = bounded((0.9, 0.999), ge=0.0, lt=1.0)
+    eps: float = bounded(1e-8, gt=0.0, lt=1.0)
     momentum: float = bounded(0.9, ge=0.0, le=1.0)
     # Clip the global gradient norm to this value; None = no clipping.
     clip_grad: float | None = bounded(None, gt=0.0)
@@ -149,8 +161,8 @@ class ScheduleConfig:
     # Per optimizer step: linear warmup from `warmup_lr`, then cosine to `min_lr`.
     name: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: float = bounded(0.0, ge=0.0)
-    warmup_lr: float = bounded(1e-6, ge=0.0)
-    min_lr: float = bounded(1e-6, ge=0.0)
+    warmup_lr: float = bounded(1e-6, ge=0.0, lt=10.0)
+    min_lr: float = bounded(1e-6, ge=0.0, lt=10.0)
     # Epochs at `min_lr` after the cosine (timm adds 10: the papers' "300 epochs" run 310).
     cooldown_epochs: float = bounded(0.0, ge=0.0)
 

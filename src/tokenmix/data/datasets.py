@@ -25,9 +25,10 @@
   length) when present, else ``"0"``, ``"1"``, ... up to the largest label, which must then be
   below :data:`MAX_UNNAMED_CLASSES` (one typo such as ``999999999`` would otherwise build a
   billion class names);
-- ``digits``: the embedded default, scikit-learn's 1,797 handwritten digits (8x8, 16 grey
-  levels, bundled with scikit-learn so available offline), upscaled bilinearly to 32x32 RGB
-  uint8. Deterministic split: sample ``k`` of ``load_digits()`` is in ``val``/``test`` when
+- ``digits``: the embedded default, the 1,797 handwritten digits of scikit-learn's
+  ``load_digits()`` (8x8, 16 grey levels; shipped in the package as ``data/digits.npz``, with
+  their notice in ``data/digits_NOTICE.txt``, so available offline), upscaled bilinearly to
+  32x32 RGB uint8. Deterministic split: sample ``k`` of ``load_digits()`` is in ``val``/``test`` when
   ``k % 5 == 0`` (360 images), else in ``train`` (1,437 images). Classes ``"0"``..``"9"``.
 
 Every dataset is an :class:`ImageDataset`: ``classes``, ``len``, ``sample_id(i)`` (stable and
@@ -43,15 +44,13 @@ class logs a warning: such a run reaches 100 % accuracy without learning anythin
 
 from __future__ import annotations
 
-import codecs
-import io
 import logging
 import os
 import pickle
 import tarfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -59,6 +58,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..utils.unpickle import NUMPY_ARRAY_GLOBALS, load_pickle
 from .decode import DEFAULT_MAX_PIXELS, BadImageError, check_bad_images_policy, decode_image
 from .download import CIFAR10_ARCHIVE, download_cifar10
 from .transforms import SquashResize
@@ -457,40 +457,16 @@ class ArrayDataset(ImageDataset):
 # --------------------------------------------------------------------------- CIFAR-10
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals a CIFAR python batch needs.
-
-    Those are numpy's array reconstruction (``numpy.core`` in old pickles, ``numpy._core`` in
-    new ones), ``numpy.ndarray``, ``numpy.dtype`` and ``_codecs.encode`` (how protocol-2 pickles
-    written by Python 3 store bytes). Anything else is refused, so a tampered file cannot run code.
-    """
-
-    _reconstruct = np.empty(0).__reduce__()[0]
-    ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,
-    }
-
-    def __init__(self, data: bytes, source: str) -> None:
-        super().__init__(io.BytesIO(data), encoding="bytes")
-        self.source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self.ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"{self.source}: refusing global {module}.{name}; a CIFAR batch only holds "
-                "dicts, lists, bytes and numpy arrays"
-            ) from None
+# A CIFAR batch holds dicts, lists, bytes and numpy uint8 arrays; the bounded unpickler also
+# refuses one that would expand (nested ``_codecs.encode(..., "hex")``) or nest without bound.
+_CIFAR_REFUSAL = "a CIFAR batch only holds dicts, lists, bytes and numpy arrays"
 
 
 def _load_cifar_pickle(data: bytes, source: str) -> dict[str, Any]:
     try:
-        obj = _CifarUnpickler(data, source).load()
+        obj = load_pickle(
+            data, source, NUMPY_ARRAY_GLOBALS, encoding="bytes", refusal=_CIFAR_REFUSAL
+        )
     except pickle.UnpicklingError:
         raise
     except Exception as err:
@@ -578,12 +554,28 @@ def _find_cifar(path: Path) -> Path | None:
 # --------------------------------------------------------------------------- digits
 
 
-def open_digits(split: str = "train", **kwargs: Any) -> ArrayDataset:
-    """scikit-learn's handwritten digits as 32x32 RGB (see module docstring for the split)."""
-    from sklearn.datasets import load_digits
+DIGITS_FILE = "digits.npz"  # next to this module, with its notice in digits_NOTICE.txt
 
-    digits = load_digits()
-    grey = torch.from_numpy(digits.images.astype(np.float32) * (255.0 / 16.0)).unsqueeze(1)
+
+def open_digits(split: str = "train", **kwargs: Any) -> ArrayDataset:
+    """The 1,797 handwritten digits as 32x32 RGB (see module docstring for the split).
+
+    The 8x8 arrays ship inside the package (45 kB; a copy of scikit-learn's, which would
+    otherwise pull scikit-learn and SciPy into every install only for them) and are read
+    without pickle, so the result is byte for byte what ``sklearn.datasets.load_digits()``
+    gave before (``tests/test_cli.py`` checks against scikit-learn where it is installed).
+    """
+    from importlib.resources import files
+
+    resource = files("tokenmix.data") / DIGITS_FILE
+    try:
+        with resource.open("rb") as f, np.load(f, allow_pickle=False) as z:
+            pixels, target = z["images"], z["target"]
+    except (OSError, KeyError, ValueError) as e:
+        raise FileNotFoundError(
+            f"{resource}: the bundled digits are missing or damaged ({e}); reinstall tokenmix"
+        ) from e
+    grey = torch.from_numpy(pixels.astype(np.float32) * (255.0 / 16.0)).unsqueeze(1)
     big = F.interpolate(grey, size=(32, 32), mode="bilinear", align_corners=False)
     images = big.round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
     index = np.arange(len(images))
@@ -591,10 +583,10 @@ def open_digits(split: str = "train", **kwargs: Any) -> ArrayDataset:
     rgb = np.ascontiguousarray(np.repeat(images[keep][..., None], 3, axis=-1))
     return ArrayDataset(
         rgb,
-        digits.target[keep],
+        target[keep].astype(np.int64),
         [str(k) for k in range(10)],
         id_prefix="digits",
-        source=f"sklearn digits [{split}]",
+        source=f"digits [{split}]",
         id_numbers=index[keep],  # ids name the image in load_digits(), whatever the split
         **kwargs,
     )

@@ -19,6 +19,7 @@ def create_model(
     num_classes: int | None = None,
     img_size: int | tuple[int, int] | None = None,
     features_only: bool = False,
+    allow_nonfinite: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Build ``name`` (``arch`` or ``arch.tag``) and optionally load weights into it.
@@ -33,8 +34,13 @@ def create_model(
         img_size: input size; resolution-dependent weights (frequency filters, position
             embeddings) are resized to it when a checkpoint is loaded.
         features_only: build a backbone whose ``forward`` returns the stage feature maps.
+        allow_nonfinite: load a checkpoint path even if some weights are NaN or inf (refused by
+            default: such a model evaluates to chance level without any error). Published
+            weights (``pretrained=True``) are always checked.
         **kwargs: architecture overrides passed to the model class, e.g. ``depths=(1, 1, 2, 1)``.
     """
+    if allow_nonfinite and pretrained is True:
+        raise ValueError("allow_nonfinite applies to a checkpoint path, not published weights")
     arch, _ = split_model_name(name)
     builder = get_entrypoint(arch)
     cfg = get_pretrained_cfg(name)
@@ -51,5 +57,5 @@ def create_model(
 
         load_pretrained(model, name)
     elif pretrained:
-        load_weights(model, pretrained)
+        load_weights(model, pretrained, allow_nonfinite=allow_nonfinite)
     return model

@@ -6,7 +6,9 @@ would run whatever callables it names, so :func:`read_pdparams` uses an allow-li
 that resolves only the globals a Paddle state_dict needs (numpy's array reconstructor,
 ``ndarray``, ``dtype``, ``OrderedDict``, and ``_codecs.encode`` for protocol-2 bytes);
 anything else, e.g. a ``builtins.eval`` or ``os.system`` payload, is refused before it can
-be called.
+be called. The unpickler is :func:`tokenmix.utils.unpickle.load_pickle`, which first scans the
+file without running it and refuses one that would expand (a 200-byte file of nested
+``_codecs.encode(..., "hex")`` calls asks for terabytes) or nest without bound.
 
 Layout differences from PyTorch (checked on the Paddle ports in ``shared/reference/paddle``
 by ``tests/test_paddle.py``):
@@ -20,16 +22,18 @@ by ``tests/test_paddle.py``):
 
 from __future__ import annotations
 
-import codecs
-import io
 import pickle
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from ..utils.unpickle import (
+    NUMPY_ARRAY_GLOBALS,
+    ORDERED_DICT_GLOBALS,
+    UnsafePickleError,
+    load_pickle,
+)
 from .checkpoint import CheckpointError
 
 __all__ = ["convert_paddle_lvvit", "convert_paddle_metaformer", "read_pdparams"]
@@ -38,38 +42,10 @@ __all__ = ["convert_paddle_lvvit", "convert_paddle_metaformer", "read_pdparams"]
 _NAME_TABLE = "StructuredToParameterName@@"
 
 
-def _numpy_reconstruct() -> Any:
-    try:  # numpy >= 2
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
-
-
-# (module, name) as written in the pickle -> the object it may resolve to. Files written
-# under numpy 1.x name ``numpy.core``, under numpy 2.x ``numpy._core``.
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("collections", "OrderedDict"): OrderedDict,
-    # protocol-2 pickles (older Paddle) spell bytes as _codecs.encode(str, "latin1"); the
-    # same entry torch.load(weights_only=True) allows
-    ("_codecs", "encode"): codecs.encode,
-}
-
-
-class _AllowListUnpickler(pickle.Unpickler):
-    """Resolves only :data:`_ALLOWED_GLOBALS`; persistent ids are refused by the base class."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"global '{module}.{name}' is not allowed in a Paddle state_dict"
-            ) from None
+# What a Paddle state_dict may name: numpy arrays (under numpy 1.x and 2.x names), protocol-2
+# bytes (``_codecs.encode(text, "latin1")``) and ``OrderedDict`` (older Paddle).
+_ALLOWED_GLOBALS = {**NUMPY_ARRAY_GLOBALS, **ORDERED_DICT_GLOBALS}
+_REFUSAL = "a Paddle state_dict holds only numpy arrays"
 
 
 def read_pdparams(path: str | Path) -> dict[str, torch.Tensor]:
@@ -85,13 +61,26 @@ def read_pdparams(path: str | Path) -> dict[str, torch.Tensor]:
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e})") from e
     try:
-        obj = _AllowListUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused to load: {e}. A .pdparams file holds only numpy arrays; "
-            "unpickling anything else could run code."
-        ) from e
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        obj = load_pickle(data, str(path), _ALLOWED_GLOBALS, refusal=_REFUSAL)
+    except UnsafePickleError as e:
+        if e.bound == "format":
+            raise CheckpointError(f"{path}: not a readable Paddle state_dict ({e.reason})") from e
+        if e.bound == "global":
+            raise CheckpointError(
+                f"{path}: refused to load: global '{e.global_name}' is not allowed in a Paddle "
+                "state_dict. A .pdparams file holds only numpy arrays; unpickling anything "
+                "else could run code."
+            ) from e
+        raise CheckpointError(f"{path}: refused to load: {e.reason}") from e
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+    ) as e:
         raise CheckpointError(f"{path}: not a readable Paddle state_dict ({e})") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of arrays, got {type(obj).__name__}")

@@ -1,4 +1,5 @@
-"""Small helpers shared by every layer of the package (files, argument shapes).
+"""Small helpers shared by every layer of the package (files, argument shapes, the one bounded
+allow-list unpickler for untrusted pickles).
 
 They live here, below ``models``, ``data``, ``engine`` and ``viz``, so that none of those has to
 import another only for a helper.
@@ -7,5 +8,17 @@ import another only for a helper.
 from .boxes import cut_box
 from .files import atomic_write, file_digest, fsync_path, sha256_file
 from .shapes import to_2tuple
+from .unpickle import PickleLimits, UnsafePickleError, load_pickle, scan_pickle
 
-__all__ = ["atomic_write", "cut_box", "file_digest", "fsync_path", "sha256_file", "to_2tuple"]
+__all__ = [
+    "PickleLimits",
+    "UnsafePickleError",
+    "atomic_write",
+    "cut_box",
+    "file_digest",
+    "fsync_path",
+    "load_pickle",
+    "scan_pickle",
+    "sha256_file",
+    "to_2tuple",
+]
