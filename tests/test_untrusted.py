@@ -230,3 +230,15 @@ def test_numpy_pickles_of_every_protocol_load(protocol: int) -> None:
     obj = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": [b"x", "y"], "i": 2**70}
     got = load_pickle(pickle.dumps(obj, protocol=protocol), "p.pkl", NUMPY_ARRAY_GLOBALS)
     assert np.array_equal(got["w"], obj["w"]) and got["b"] == obj["b"] and got["i"] == 2**70
+
+
+def test_training_state_is_scanned_before_torch_load(tmp_path: Path) -> None:
+    """``state.pt`` of a step checkpoint (read by --resume) gets the same pre-scan."""
+    from tokenmix.engine.checkpoint import STATE_FILE, load_train_state
+
+    step = tmp_path / "step_00000001"
+    step.mkdir()
+    bomb = with_data_pkl(tmp_path, "bomb.pth", lambda _: hex_bomb(22))
+    bomb.rename(step / STATE_FILE)
+    with pytest.raises(CheckpointError, match=r"state\.pt: cannot read the training state .*_codecs"):
+        load_train_state(step)

@@ -45,7 +45,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tokenmix.models.checkpoint import CheckpointError
+from tokenmix.models.checkpoint import CheckpointError, check_torch_file
 from tokenmix.utils import atomic_write
 from tokenmix.utils import fsync_path as _fsync
 
@@ -302,6 +302,7 @@ def load_train_state(ckpt: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{ckpt}: not a training checkpoint (no {STATE_FILE})")
     try:
+        check_torch_file(path)  # bounded: a crafted state.pt cannot expand without limit
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and EOF errors all mean the same thing here
         raise CheckpointError(f"{path}: cannot read the training state ({e})") from e
