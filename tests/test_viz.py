@@ -110,6 +110,8 @@ def test_grid_samples_leave_out_unreadable_images(tmp_path: Path) -> None:
 def test_run_end_writes_results_and_plots_despite_skipped_and_non_utf8(run: Path) -> None:
     results = json.loads((run / "results.json").read_text())
     assert results["steps"] > 0 and len(results["per_class_accuracy"]) == 2
+    # strict UTF-8 (no lone surrogates), so any JSON parser reads it
+    "".join(results["per_class_accuracy"]).encode("utf-8")
     for name in ("curves.png", "confusion.png", "predictions.png"):
         assert (run / "plots" / name).is_file(), name
 

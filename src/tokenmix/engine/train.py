@@ -48,6 +48,7 @@ from tokenmix.data.augment import AugmentedBatch
 from tokenmix.data.token_labels import TokenLabelStore, token_label_targets
 
 from .. import kernels
+from ..viz.text import display_name
 from . import checkpoint as ckpt
 from .build import (
     Loss,
@@ -212,11 +213,18 @@ def is_better(value: float, best: float | None, monitor: str) -> bool:
 
 
 # --- the run ---------------------------------------------------------------------------------
-def fit(cfg: Config, run_dir: str | Path, *, resume: str | Path | None = None) -> FitResult:
+def fit(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    resume: str | Path | None = None,
+    on_start: Callable[[Trainer], None] | None = None,
+) -> FitResult:
     """Train ``cfg`` in ``run_dir``, from the step checkpoint ``resume`` when given.
 
     Joins the ``torchrun`` process group when launched by it; only rank 0 writes files, and
-    rank 0 holds the run folder's lock from start to end.
+    rank 0 holds the run folder's lock from start to end. ``on_start(trainer)`` runs on rank 0
+    once the run is built and restored, before the first step (the CLI's run header).
 
     Raises:
         RunLockedError: another run is using ``run_dir`` (the message names its PID).
@@ -237,6 +245,8 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: str | Path | None = None) -
             trainer.restore(Path(resume))
         elif dist.is_main:  # a fresh run: an earlier run's checkpoints go aside, not mixed in
             move_later_aside(run_dir, 0)
+        if on_start is not None and dist.is_main:
+            on_start(trainer)
         return trainer.run()
     except OSError as e:
         if isinstance(e, ckpt.CheckpointWriteError) or not _is_run_folder_error(e, run_dir):
@@ -685,7 +695,9 @@ class Trainer:
             epochs=c.epoch,
             wall_time_s=round(wall_time, 2),
             final=values,
-            per_class_accuracy=dict(zip(self.classes, final.per_class_accuracy, strict=True)),
+            per_class_accuracy=dict(
+                zip(map(display_name, self.classes), final.per_class_accuracy, strict=True)
+            ),  # display names: a non-UTF-8 folder name must still give valid JSON
             best_metric=c.best_metric,
             best_step=c.best_step,
         )
