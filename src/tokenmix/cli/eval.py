@@ -66,11 +66,10 @@ def run(args: argparse.Namespace) -> int:
 
     from tokenmix.data.datasets import open_dataset
     from tokenmix.data.loader import build_loader
-    from tokenmix.data.transforms import eval_transforms
     from tokenmix.engine.build import limit
     from tokenmix.engine.distributed import resolve_device
     from tokenmix.engine.evaluate import evaluate
-    from tokenmix.engine.predict import load_for_inference
+    from tokenmix.engine.predict import eval_preprocessing, load_for_inference
     from tokenmix.engine.train import autocast_context
     from tokenmix.viz.plots import plot_confusion
 
@@ -88,17 +87,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.data} names its classes differently from the checkpoint's: {dataset.classes[:5]}..."
         )
-    data_cfg = loaded.config.data if loaded.config is not None else None
-    dataset.transform, normalize = eval_transforms(
-        model.pretrained_cfg,
+    dataset.transform, normalize = eval_preprocessing(
+        loaded,
         img_size=args.img_size,
-        crop_pct=args.crop_pct
-        if args.crop_pct is not None
-        else (data_cfg.crop_pct if data_cfg else None),
-        interpolation=args.interpolation or (data_cfg.interpolation if data_cfg else None),
-        mean=tuple(args.mean) if args.mean else (data_cfg.mean if data_cfg else None),
-        std=tuple(args.std) if args.std else (data_cfg.std if data_cfg else None),
-    )
+        crop_pct=args.crop_pct,
+        interpolation=args.interpolation,
+        mean=tuple(args.mean) if args.mean else None,
+        std=tuple(args.std) if args.std else None,
+    ).transforms()
     dataset = limit(dataset, args.limit, seed=0)
     loader = build_loader(
         dataset, batch_size=args.batch_size, train=False, num_workers=args.workers

@@ -3,20 +3,29 @@
 IMAGES are files or folders (searched recursively). An image inside a folder named after one of
 the classes (the ImageFolder layout, e.g. test/cat/001.jpg) counts as labelled with that
 class; the grid then marks each prediction right (green) or wrong (red). Images are decoded
-with Pillow and given the model's eval transform. File and class names that are not UTF-8 are
-printed, drawn and written to JSON with their undecodable bytes escaped (``cl\\xe9ss``).
+with Pillow and given the model's eval transform (the training run's, for a tokenmix
+checkpoint). File and class names that are not UTF-8 are printed, drawn and written to JSON
+with their undecodable bytes escaped (``cl\\xe9ss``).
+
+--json prints one JSON object per image on stdout and nothing else (the summary and the grid's
+path go to stderr), so the output pipes into `jq` or a .jsonl file. --bad-images skip leaves
+out images that do not decode (each named in a warning on stderr) instead of stopping.
 
 Examples:
   tokenmix predict --checkpoint runs/digits_demo some/digit.png
   tokenmix predict --checkpoint runs/cifar10 /data/cifar10/test/cat --top-k 3 --out cats.png
   tokenmix predict --model dfformer_s18 photo.jpg            # published ImageNet weights
+  tokenmix predict --checkpoint runs/digits_demo scans/ --json --bad-images skip > preds.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
+
+log = logging.getLogger("tokenmix")
 
 HELP = "top-k labels per image and a prediction grid"
 
@@ -31,21 +40,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=Path("predictions.png"), help="prediction grid image"
     )
     p.add_argument("--max-grid", type=int, default=64, help="images drawn in the grid at most")
-    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.add_argument(
+        "--json", action="store_true", help="stdout: one JSON object per image, nothing else"
+    )
+    p.add_argument(
+        "--bad-images",
+        choices=("error", "skip"),
+        default="error",
+        help="an image that does not decode: stop naming it, or skip it with a warning",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     import torch
 
     from tokenmix.data.datasets import IMG_EXTENSIONS
-    from tokenmix.data.decode import decode_image
-    from tokenmix.data.transforms import eval_transforms
+    from tokenmix.data.decode import BadImageError, decode_image
     from tokenmix.engine.distributed import resolve_device
-    from tokenmix.engine.predict import load_for_inference, predict_topk
+    from tokenmix.engine.predict import eval_preprocessing, load_for_inference, predict_topk
     from tokenmix.viz.plots import plot_prediction_grid
     from tokenmix.viz.text import display_name
 
+    # with --json, stdout carries the JSON lines only; everything a person reads goes to stderr
+    say = sys.stderr if args.json else sys.stdout
     files = _collect(args.images, IMG_EXTENSIONS)
     device = resolve_device(args.device)
     loaded = load_for_inference(args.checkpoint, args.model, device=device)
@@ -56,9 +76,24 @@ def run(args: argparse.Namespace) -> int:
     if classes is None:
         classes = [str(i) for i in range(num_outputs)]
     if len(classes) != num_outputs:
-        raise ValueError(f"{len(classes)} class names for a model with {num_outputs} outputs")
-    load, normalize = eval_transforms(loaded.model.pretrained_cfg)
-    images = torch.stack([load(decode_image(f, name=str(f))) for f in files])
+        raise ValueError(
+            f"--classes: {len(classes)} class names for a model with {num_outputs} outputs"
+        )
+    load, normalize = eval_preprocessing(loaded).transforms()
+    decoded, kept = [], []
+    for f in files:
+        try:
+            decoded.append(load(decode_image(f, name=display_name(str(f)))))
+        except BadImageError as e:
+            if args.bad_images == "error":
+                raise ValueError(f"{e} (--bad-images skip leaves such images out)") from e
+            log.warning("skipping %s", e)
+            continue
+        kept.append(f)
+    skipped = len(files) - len(kept)
+    if not kept:
+        raise ValueError(f"none of the {len(files)} images could be read")
+    files, images = kept, torch.stack(decoded)
     preds = predict_topk(
         loaded.model, images, prepare=normalize.to(device), classes=classes, k=args.top_k
     )
@@ -85,8 +120,13 @@ def run(args: argparse.Namespace) -> int:
     labelled = [t for t in truths if t is not None]
     if labelled:
         right = sum(p[0][0] == t for p, t in zip(preds, truths, strict=True) if t is not None)
-        print(f"{right}/{len(labelled)} labelled images right ({100 * right / len(labelled):.1f}%)")
-    print(f"wrote {grid}")
+        print(
+            f"{right}/{len(labelled)} labelled images right ({100 * right / len(labelled):.1f}%)",
+            file=say,
+        )
+    if skipped:
+        print(f"skipped {skipped} unreadable image{'s' * (skipped > 1)}", file=say)
+    print(f"wrote {grid}", file=say)
     return 0
 
 

@@ -1,7 +1,9 @@
 """Make token labels: run a teacher densely over a dataset and store its top-k scores per location.
 
 Any registered classifier can be the teacher, with its official weights (default) or a
-checkpoint of yours (--checkpoint: .pth, .pdparams or .safetensors). LV-ViT teachers give one
+checkpoint of yours (--checkpoint: .pth, .pdparams or .safetensors, or a tokenmix run folder or
+step checkpoint, which names its architecture, resolution and classes: then --teacher is not
+needed). LV-ViT teachers give one
 score vector per patch token (their aux_head); MetaFormer teachers apply their head to every
 location of the final stage map. Each image is squashed whole to the teacher's input size, so
 the map covers the full image and training crops apply to it directly.
@@ -23,6 +25,7 @@ Examples:
       --data /data/imagenet --out labels/imagenet_lvvit_m
   tokenmix relabel --teacher caformer_s18 --checkpoint run/best.pth --num-classes 10 \\
       --data cifar-10-python.tar.gz --out labels/cifar --grid 14 --topk 5 --img-size 224
+  tokenmix relabel --checkpoint runs/digits_demo --data digits --out labels/digits
 """
 
 from __future__ import annotations
@@ -34,11 +37,21 @@ HELP = "make token labels with a teacher (dense top-k scores, resumable)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", required=True, help="model name, e.g. lvvit_m or lvvit_s.tl_in1k")
     p.add_argument(
-        "--checkpoint", type=Path, default=None, help="teacher weights (default: official)"
+        "--teacher",
+        "--model",
+        dest="teacher",
+        help="model name, e.g. lvvit_m or lvvit_s.tl_in1k (read from a tokenmix --checkpoint)",
     )
-    p.add_argument("--num-classes", type=int, default=None, help="classes of --checkpoint")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="teacher weights: run folder, step checkpoint or weights file (default: official)",
+    )
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="classes of a foreign --checkpoint"
+    )
     p.add_argument(
         "--data", required=True, help="dataset spec (folder, CIFAR-10, list file, digits)"
     )
@@ -84,8 +97,14 @@ def run(args: argparse.Namespace) -> int:
     from tokenmix.data.loader import default_num_workers
     from tokenmix.data.token_labels import relabel_dataset
     from tokenmix.engine.distributed import init_distributed, shutdown
-    from tokenmix.models import create_model, load_weights
+    from tokenmix.engine.predict import load_for_inference
 
+    if args.checkpoint is None and args.teacher is None:
+        raise ValueError("give --teacher NAME (official weights) or --checkpoint RUN_OR_WEIGHTS")
+    if args.checkpoint is not None and not args.checkpoint.exists():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file or folder")
+    if args.checkpoint is None and args.num_classes is not None:
+        raise ValueError("--num-classes is for --checkpoint; official weights keep their classes")
     if args.grid is not None and len(args.grid) not in (1, 2):
         raise ValueError(f"--grid takes N or H W, got {args.grid}")
     grid = None if args.grid is None else (args.grid[0], args.grid[-1])
@@ -104,21 +123,13 @@ def run(args: argparse.Namespace) -> int:
             device = "cuda" if torch.cuda.is_available() else "cpu"
 
     dataset = open_dataset(args.data, args.split)
-    if args.checkpoint is None:
-        teacher = create_model(
-            args.teacher, pretrained=True, num_classes=args.num_classes, img_size=args.img_size
-        )
-    else:
-        teacher = create_model(args.teacher, num_classes=args.num_classes, img_size=args.img_size)
-        report = load_weights(teacher, args.checkpoint)
-        if report.reinitialized:
-            raise ValueError(
-                f"{args.checkpoint}: its classifier is for another number of classes than "
-                f"{teacher.num_classes}; pass --num-classes so the teacher keeps its head"
-            )
+    loaded = load_for_inference(
+        args.checkpoint, args.teacher, num_classes=args.num_classes, img_size=args.img_size
+    )
+    teacher = loaded.model
     meta = {
-        "teacher": args.teacher,
-        "checkpoint": None if args.checkpoint is None else str(args.checkpoint.resolve()),
+        "teacher": loaded.name,
+        "checkpoint": None if args.checkpoint is None else str(Path(loaded.source).resolve()),
         "dataset": args.data,
         "split": args.split,
     }
