@@ -306,3 +306,24 @@ def test_small_input_stem_sets_the_token_grid(patch: int, stride: int, grid: int
 def test_stem_stride_must_divide_the_patch_size() -> None:
     with pytest.raises(ValueError, match="patch_size 6 must be a multiple"):
         tokenmix.create_model("test_lvvit", patch_size=6, stem_stride=4)
+
+
+def test_timm_intermediates_and_prune_on_lvvit() -> None:
+    """timm's VisionTransformer conventions: int indices are the last n blocks, NLC drops the
+    class token, pruning keeps the chosen blocks' outputs and removes both heads."""
+    model = tokenmix.create_model("test_lvvit").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens, maps = model.forward_intermediates(x, indices=1)
+        (flat,) = model.forward_intermediates(
+            x, indices=[-1], output_fmt="NLC", intermediates_only=True
+        )
+    assert tokens.shape == (2, 17, 48) and maps[0].shape == (2, 48, 4, 4)
+    torch.testing.assert_close(flat, maps[0].flatten(2).transpose(1, 2))
+    assert model.prune_intermediate_layers([0]) == [0]
+    assert len(model.blocks) == 1 and isinstance(model.aux_head, torch.nn.Identity)
+    assert model.feature_info.module_name() == ["blocks.0"]
+    with torch.no_grad():
+        assert model(x).shape == (2, 48)
+    with pytest.raises(ValueError, match="global_pool"):
+        model.reset_classifier(3, global_pool="avg")

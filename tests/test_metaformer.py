@@ -160,3 +160,54 @@ def test_default_stem_is_the_official_one() -> None:
         tokenmix.create_model("test_dfformer", stem_stride=2, stem_kernel=1)
     with pytest.raises(ValueError, match="stem_stride must be >= 1"):
         tokenmix.create_model("test_dfformer", stem_stride=0)
+
+
+@pytest.mark.parametrize("name", ["caformer_s18", "dfformer_m36"])
+def test_reset_classifier_zero_gives_num_features_as_timm(name: str) -> None:
+    """timm's MetaFormer: no classifier -> pooled, normed ``dims[-1]`` (512 for S18, not the
+    MLP head's 2048 hidden units); ``num_classes=0`` at build time is the same model."""
+    with torch.device("meta"):
+        model = tokenmix.create_model(name)
+        built = tokenmix.create_model(name, num_classes=0)
+        feats = torch.zeros(2, model.num_features, 7, 7)
+        model.reset_classifier(0)
+        out, pre = model.forward_head(feats), built.forward_head(feats, pre_logits=True)
+    assert out.shape == pre.shape == (2, model.num_features)
+    assert model.num_features == {"caformer_s18": 512, "dfformer_m36": 576}[name]
+    assert model.state_dict().keys() == built.state_dict().keys()
+
+
+@pytest.mark.parametrize("name", ["dfformer_s18", "cdfformer_s18"])
+def test_dense_backbone_has_the_official_fork_feat_layout(name: str) -> None:
+    """features_only + feature_norms == the official ``fork_feat=True`` state_dict: the
+    classification keys without norm/head, then ``norm0..3`` (LayerNorm weight and bias)."""
+    manifest = json.loads(require(REFERENCE / "manifests" / f"{name}.json").read_text())
+    with torch.device("meta"):
+        model = tokenmix.create_model(name, features_only=True, feature_norms=True)
+    dims = (64, 128, 320, 512)
+    expected = [
+        [k, shape, dtype]
+        for k, shape, dtype in manifest["state_dict"]
+        if not k.startswith(("norm.", "head."))
+    ] + [[f"norm{i}.{p}", [dims[i]], "float32"] for i in range(4) for p in ("weight", "bias")]
+    ours = [
+        [k, list(v.shape), str(v.dtype).removeprefix("torch.")]
+        for k, v in model.state_dict().items()
+    ]
+    assert ours == expected
+
+
+def test_official_case_loads_into_a_dense_backbone() -> None:
+    """The reference weights (a classification checkpoint) load strictly into the dense
+    backbone; its maps are the classification model's stage outputs, layer-normed."""
+    tensors, state = load_case("dfformer_tiny")
+    full = tokenmix.create_model("dfformer_s18", **TINY).eval()
+    full.load_state_dict(state, strict=True)
+    dense = tokenmix.create_model("dfformer_s18", features_only=True, feature_norms=True, **TINY)
+    tokenmix.load_weights(dense, state)
+    with torch.no_grad():
+        raw = full.forward_intermediates(tensors["input"], intermediates_only=True)
+        maps = dense.eval()(tensors["input"])
+    for m, r in zip(maps, raw, strict=True):
+        ref = torch.nn.functional.layer_norm(r.permute(0, 2, 3, 1), r.shape[1:2], eps=1e-6)
+        torch.testing.assert_close(m, ref.permute(0, 3, 1, 2))

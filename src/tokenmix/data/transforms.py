@@ -15,12 +15,16 @@ the training device (:mod:`tokenmix.data.augment`, :class:`Normalize`).
   torchvision's rounding. :func:`eval_transforms` builds it and :class:`Normalize` from a model's
   :class:`~tokenmix.models.pretrained.PretrainedCfg` (``input_size``, ``crop_pct``,
   ``interpolation``, ``mean``, ``std``), each overridable.
+- :func:`create_transform` (inference in one line): both steps as one callable, PIL image ->
+  normalised ``[3, H, W]`` float32, from a model, its cfg or a timm data config.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -182,3 +186,73 @@ def eval_transforms(
     )
     norm = Normalize(cfg.mean if mean is None else mean, cfg.std if std is None else std)
     return load, norm
+
+
+class EvalTransform:
+    """One image for inference: ``normalize(load(img))``, PIL image -> ``[3, H, W]`` float32.
+
+    The same two steps :func:`eval_transforms` returns (``load`` runs in data-loader workers,
+    ``normalize`` batched on the device), joined for code that prepares one image at a time.
+    Images in another mode (greyscale, RGBA, palette) are converted to RGB first.
+    """
+
+    def __init__(self, load: ResizeCenterCrop, normalize: Normalize) -> None:
+        self.load = load
+        self.normalize = normalize
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return self.normalize(self.load(img)[None])[0]
+
+    def __repr__(self) -> str:
+        mean = tuple(round(v, 4) for v in self.normalize.mean.flatten().tolist())
+        std = tuple(round(v, 4) for v in self.normalize.std.flatten().tolist())
+        return f"EvalTransform({self.load!r}, mean={mean}, std={std})"
+
+
+def create_transform(
+    source: nn.Module | PretrainedCfg | Mapping[str, Any],
+    *,
+    img_size: int | tuple[int, int] | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+) -> EvalTransform:
+    """The eval transform of a model, as one callable: ``create_transform(model)(img)``.
+
+    Example::
+
+        model = tokenmix.create_model("caformer_s18", pretrained=True).eval()
+        x = tokenmix.data.create_transform(model)(Image.open("cat.jpg"))
+        top5 = model(x[None]).softmax(-1).topk(5)
+
+    Args:
+        source: a model (its ``pretrained_cfg``), a :class:`PretrainedCfg`, or a timm data
+            config (``timm.data.resolve_data_config(model=model)``: ``input_size``,
+            ``interpolation``, ``mean``, ``std``, ``crop_pct``; ``crop_mode`` must be
+            ``"center"``, the only one implemented).
+        img_size, crop_pct, interpolation, mean, std: override the source's values.
+    """
+    cfg: Any = source.pretrained_cfg if isinstance(source, nn.Module) else source
+    if not isinstance(cfg, PretrainedCfg):
+        if not isinstance(cfg, Mapping):
+            raise TypeError(
+                f"create_transform needs a model, a PretrainedCfg or a data config, "
+                f"got {type(source).__name__}"
+            )
+        if cfg.get("crop_mode", "center") != "center":
+            raise ValueError(f"crop_mode {cfg['crop_mode']!r}: only 'center' is implemented")
+        known = ("input_size", "interpolation", "mean", "std", "crop_pct")
+        cfg = PretrainedCfg(
+            **{
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in cfg.items()
+                if k in known and v is not None
+            }
+        )
+    load, norm = eval_transforms(
+        cfg, img_size=img_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std
+    )
+    return EvalTransform(load, norm)

@@ -205,6 +205,8 @@ def load_for_inference(
             raise ValueError("give a checkpoint, or a model name to use its published weights")
         model = create_model(model_name, pretrained=True, img_size=img_size)
         source, name = model_name, model_name
+        # published ImageNet weights name their classes (predict prints names, not indices)
+        classes = list(getattr(model.pretrained_cfg, "label_names", None) or []) or None
     else:
         path = resolve_weights(checkpoint)
         if use_ema:

@@ -1,4 +1,8 @@
-"""Registered model families and the functions to build and load them."""
+"""Registered model families and the functions to build and load them.
+
+Dense prediction (backbones at the detection / segmentation size, a Semantic FPN, mmseg / mmdet
+registration) is in :mod:`tokenmix.models.segmentation`, imported on demand.
+"""
 
 from . import (
     lvvit,  # noqa: F401  (registers LV-ViT)
@@ -6,12 +10,14 @@ from . import (
 )
 from .builder import create_model
 from .checkpoint import CheckpointError, load_weights, read_state_dict
+from .features import FeatureInfo
 from .hub import WeightsError, download_weights
 from .pretrained import PretrainedCfg
 from .registry import get_pretrained_cfg, list_models, list_pretrained_cfgs
 
 __all__ = [
     "CheckpointError",
+    "FeatureInfo",
     "PretrainedCfg",
     "WeightsError",
     "create_model",

@@ -33,7 +33,10 @@ def create_model(
             re-initialised (and a warning says so).
         img_size: input size; resolution-dependent weights (frequency filters, position
             embeddings) are resized to it when a checkpoint is loaded.
-        features_only: build a backbone whose ``forward`` returns the stage feature maps.
+        features_only: build a backbone whose ``forward`` returns the stage feature maps of
+            ``out_indices`` (described by ``model.feature_info``); a classification checkpoint
+            loads into it, its final norm and head dropped with a note in the log. Add
+            ``feature_norms=True`` (MetaFormer) for the official dense-prediction backbone.
         allow_nonfinite: load a checkpoint path even if some weights are NaN or inf (refused by
             default: such a model evaluates to chance level without any error). Published
             weights (``pretrained=True``) are always checked.
@@ -51,7 +54,10 @@ def create_model(
         kwargs["features_only"] = True
     model = builder(**kwargs)
     height, width = model.img_size
-    model.pretrained_cfg = replace(cfg, input_size=(cfg.input_size[0], height, width))
+    cfg = replace(cfg, input_size=(cfg.input_size[0], height, width))
+    if cfg.label_set and model.num_classes != cfg.num_classes:
+        cfg = replace(cfg, label_set="")  # the weights' class names no longer name the outputs
+    model.pretrained_cfg = cfg
     if pretrained is True:
         from .hub import load_pretrained
 

@@ -24,6 +24,7 @@ undone on ``aux_logits``, so dense targets stay aligned with their own image.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -40,8 +41,11 @@ from ..layers.attention import Attention
 from ..layers.conv import conv_bn_relu
 from ..utils import cut_box, to_2tuple
 from .checkpoint import CheckpointError
+from .features import FeatureInfo, feature_take_indices
 from .pretrained import PretrainedCfg
 from .registry import register_model
+
+log = logging.getLogger("tokenmix")
 
 __all__ = [
     "LVViT",
@@ -284,7 +288,8 @@ class LVViT(nn.Module):
         token_labeling: in training mode, return ``(cls_logits, aux_logits, mix_box)`` instead
             of one tensor. Off by default so that ``forward`` behaves like any classifier.
         features_only: build without norm and heads; ``forward`` returns patch-token maps
-            ``[B, C, H/16, W/16]`` of the blocks in ``out_indices`` (default: all).
+            ``[B, C, H/16, W/16]`` of the blocks in ``out_indices`` (default: all). A
+            classification checkpoint loads into it (norm and heads dropped, noted in the log).
     """
 
     def __init__(
@@ -316,13 +321,13 @@ class LVViT(nn.Module):
             raise ValueError(f"stem must be one of {sorted(STEM_CHANNELS)}, got {stem!r}")
         self.img_size = to_2tuple(img_size)
         self.patch_size = patch_size
-        self.num_classes = num_classes
-        self.num_features = self.embed_dim = embed_dim
+        self.num_classes = 0 if features_only else num_classes
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
         self.mix_token = mix_token
         self.token_labeling = token_labeling
         self.features_only = features_only
-        self.out_indices = tuple(range(depth) if out_indices is None else out_indices)
+        self.out_indices = tuple(feature_take_indices(depth, out_indices)[0])
         self.grad_checkpointing = False
         self.pretrained_cfg = _cfg()
 
@@ -350,10 +355,7 @@ class LVViT(nn.Module):
             )
             for rate in rates
         )
-        self.feature_info = [
-            {"num_chs": embed_dim, "reduction": patch_size, "module": f"blocks.{i}"}
-            for i in self.out_indices
-        ]
+        self.feature_info = self._feature_info()
         if features_only:
             self.norm = nn.Identity()
             self.head = nn.Identity()
@@ -366,6 +368,14 @@ class LVViT(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(self._init_weights)
+
+    def _feature_info(self) -> FeatureInfo:
+        return FeatureInfo(
+            [
+                {"num_chs": self.embed_dim, "reduction": self.patch_size, "module": f"blocks.{i}"}
+                for i in self.out_indices
+            ]
+        )
 
     def _classifier(self, num_classes: int) -> nn.Module:
         return nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -393,8 +403,16 @@ class LVViT(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace both the class head and the dense ``aux_head`` (both predict the classes)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace both the class head and the dense ``aux_head`` (both predict the classes).
+
+        With 0, ``forward`` returns the normed class token (``num_features``). ``global_pool``
+        can only be ``"token"`` (timm's name for class-token pooling), the one LV-ViT has.
+        """
+        if global_pool not in (None, "token"):
+            raise ValueError(f"LV-ViT pools by class token only, got global_pool={global_pool!r}")
+        if self.features_only and num_classes:
+            raise ValueError("a features_only backbone has no final norm to put a classifier on")
         self.num_classes = num_classes
         self.head = self._classifier(num_classes)
         self.aux_head = self._classifier(num_classes)
@@ -484,20 +502,64 @@ class LVViT(nn.Module):
     def forward_intermediates(
         self,
         x: torch.Tensor,
-        indices: Sequence[int] | None = None,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Patch-token maps ``[B, C, H/16, W/16]`` after the chosen blocks (default
-        ``out_indices``); also the final normed tokens unless ``intermediates_only``."""
-        wanted = set(self.out_indices if indices is None else indices)
+        """Patch tokens after the chosen blocks, timm's signature (as its VisionTransformer).
+
+        Args:
+            indices: blocks to return: ``None`` (``out_indices``), an int ``n`` (the last ``n``)
+                or a list (negative numbers count from the end).
+            norm: apply the final norm to each output (a ``features_only`` model has none).
+            stop_early: do not run the blocks after the last one asked for; the returned final
+                tokens are then that block's, normed.
+            output_fmt: ``"NCHW"`` (``[B, C, H/16, W/16]``), ``"NHWC"`` or ``"NLC"`` (tokens
+                ``[B, H/16 * W/16, C]``); the class token is never included.
+            intermediates_only: return only the list (later blocks are never run).
+
+        Returns:
+            ``(final normed tokens [B, 1 + N, C], maps)``, or ``maps`` with
+            ``intermediates_only``.
+        """
+        if output_fmt not in ("NCHW", "NHWC", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.blocks), indices, self.out_indices)
         patches, grid = self.patchify(x)
-        stop = max(wanted) + 1 if intermediates_only else None
-        h, collected = self._blocks(self._embed(patches, grid), wanted, stop)
+        stop = last + 1 if stop_early or intermediates_only else None
+        h, collected = self._blocks(self._embed(patches, grid), set(take), stop)
         b = x.shape[0]
-        feats = [t[:, 1:].transpose(1, 2).reshape(b, -1, *grid) for t in collected]
+        feats = [(self.norm(t) if norm else t)[:, self.num_prefix_tokens :] for t in collected]
+        if output_fmt != "NLC":
+            feats = [t.reshape(b, *grid, -1) for t in feats]
+        if output_fmt == "NCHW":
+            feats = [t.permute(0, 3, 1, 2) for t in feats]
         if intermediates_only:
             return feats
         return self.norm(h), feats
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | Sequence[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (timm's signature); returns the indices.
+
+        ``out_indices`` and ``feature_info`` become ``indices``; ``prune_head`` removes both
+        classifiers (``num_classes`` 0), ``prune_norm`` the final norm.
+        """
+        take, last = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: last + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        self.out_indices = tuple(take)
+        self.feature_info = self._feature_info()
+        return take
 
     def forward(
         self,
@@ -516,19 +578,26 @@ class LVViT(nn.Module):
     def checkpoint_filter_fn(self, state: dict[str, Any], source_format: str) -> dict[str, Any]:
         """Official (or Paddle) checkpoint -> this model: layouts converted, pos_embed resized.
 
-        A ``features_only`` backbone drops the final norm and both heads.
+        A ``features_only`` backbone drops the final norm and both heads, noted in the log.
         """
         if source_format == "pdparams":
             from .paddle import convert_paddle_lvvit
 
             state = convert_paddle_lvvit(state)
         out = {}
+        dropped = []
         for key, value in state.items():
             if self.features_only and key.split(".")[0] in ("norm", "head", "aux_head"):
+                dropped.append(key)
                 continue
             if key == "pos_embed" and value.shape != self.pos_embed.shape:
                 value = resize_pos_embed(value, self.grid_size, self.num_prefix_tokens)
             out[key] = value
+        if dropped:
+            log.info(
+                "a features_only backbone has no final norm or heads: not loading %s",
+                ", ".join(dropped),
+            )
         return out
 
 

@@ -11,11 +11,23 @@ strictly. Checked by ``tests/test_metaformer.py``: key manifests of every full-s
 the numeric cases in ``shared/reference/cases`` (max abs diff <= 1e-5 in float32).
 
 Layout: the network runs channels-last (``[B, H, W, C]``) inside the stages, like the official
-code, so the pointwise layers are plain matrix products; public feature maps are NCHW.
+code, so the pointwise layers are plain matrix products; public feature maps are NCHW (NHWC on
+request, without a copy).
+
+Dense prediction (the paper's ADE20K Semantic FPN and COCO RetinaNet / Mask R-CNN backbones,
+okojoalg/dfformer ``segmentation/`` and ``detection/``): ``features_only=True,
+feature_norms=True`` is the official ``fork_feat=True`` backbone, one ``nn.LayerNorm(dim,
+eps=1e-6)`` (with bias, the official ``output_norm``) named ``norm{i}`` on each output stage.
+Build it at the dense input size (``img_size=(512, 512)`` for ADE20K, ``(800, 800)`` for COCO,
+as the official backbones do) and the ImageNet filters are resized to it when loaded; the
+feature norms, absent from a classification checkpoint, keep their fresh initialisation, as in
+the official code. ``out_indices=(1, 2, 3)`` is the official ``FORK_LAST3`` (RetinaNet).
+Checked by ``tests/test_segmentation.py`` and ``tests/test_interface.py``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,10 +39,13 @@ from ..layers import DropPath, LayerNormNoBias, Mlp, MlpHead, Scale, create_toke
 from ..layers.token_mixers import resize_complex_weight
 from ..utils import to_2tuple
 from .checkpoint import CheckpointError
+from .features import FeatureInfo, feature_take_indices
 from .pretrained import PretrainedCfg
 from .registry import register_model
 
 __all__ = ["MetaFormer", "MetaFormerBlock"]
+
+log = logging.getLogger("tokenmix")
 
 
 class Downsampling(nn.Module):
@@ -105,8 +120,15 @@ class MetaFormer(nn.Module):
         mixer_kwargs: extra options per mixer name, e.g. ``{"dynamic_filter": {"num_filters": 2}}``.
         res_scale_init_values: per stage; ``None`` means no res_scale (the official default
             uses it in stages 3 and 4 only).
+        num_classes: classifier outputs; 0 builds no classifier (``forward`` returns the pooled,
+            normed ``num_features``, as timm's MetaFormer).
         head_type: ``"mlp"`` (the official MlpHead) or ``"linear"``.
-        features_only: build without norm and head; ``forward`` returns the stage maps.
+        features_only: build without final norm and head; ``forward`` returns the maps of the
+            ``out_indices`` stages (NCHW). A classification checkpoint loads into it: its final
+            norm and head are dropped, with a note in the log.
+        out_indices: the stages ``feature_info`` describes and a ``features_only`` model returns.
+        feature_norms: with ``features_only``, a LayerNorm (eps 1e-6, with bias) on each output
+            stage, named ``norm{i}``: the official dense-prediction backbone (``fork_feat``).
         stem_stride: stride of the stem convolution (official: 4). Small inputs keep more
             tokens with 2 or 1: at 32 px, stride 4 leaves 8x8 tokens in stage 1 and 1x1 in
             stage 4; stride 1 gives 32x32 ... 4x4. Filters are sized for the stride.
@@ -134,11 +156,16 @@ class MetaFormer(nn.Module):
         mixer_kwargs: dict[str, dict[str, Any]] | None = None,
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3),
+        feature_norms: bool = False,
         stem_stride: int = 4,
         stem_kernel: int | None = None,
     ) -> None:
         super().__init__()
         num_stages = len(depths)
+        if feature_norms and not features_only:
+            raise ValueError("feature_norms=True needs features_only=True (a dense backbone)")
+        if head_type not in ("mlp", "linear"):
+            raise ValueError(f"head_type must be 'mlp' or 'linear', got {head_type!r}")
         if stem_stride < 1:
             raise ValueError(f"stem_stride must be >= 1, got {stem_stride}")
         stem_kernel = stem_kernel or (7 if stem_stride == 4 else max(3, 2 * stem_stride - 1))
@@ -161,10 +188,12 @@ class MetaFormer(nn.Module):
         res_scales = per_stage(res_scale_init_values)
         mixer_kwargs = mixer_kwargs or {}
         self.img_size = to_2tuple(img_size)
-        self.num_classes = num_classes
+        self.dims = tuple(dims)
+        self.num_classes = 0 if features_only else num_classes
         self.num_features = dims[-1]
+        self.head_type, self.head_dropout = head_type, head_dropout
         self.features_only = features_only
-        self.out_indices = tuple(out_indices)
+        self.out_indices = tuple(feature_take_indices(num_stages, out_indices)[0])
         self.grad_checkpointing = False
         self.pretrained_cfg = PretrainedCfg(first_conv="downsample_layers.0.conv")
 
@@ -187,10 +216,10 @@ class MetaFormer(nn.Module):
         )
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.stages = nn.ModuleList()
-        self.feature_info: list[dict[str, Any]] = []
+        self.reductions = [stem_stride * 2**i for i in range(num_stages)]
         first = 0
         for i in range(num_stages):
-            reduction = stem_stride * 2**i
+            reduction = self.reductions[i]
             size = (self.img_size[0] // reduction, self.img_size[1] // reduction)
             blocks = [
                 MetaFormerBlock(
@@ -206,22 +235,37 @@ class MetaFormer(nn.Module):
             ]
             first += depths[i]
             self.stages.append(nn.Sequential(*blocks))
-            self.feature_info.append(
-                {"num_chs": dims[i], "reduction": reduction, "module": f"stages.{i}"}
-            )
+        self.feature_info = self._feature_info()
 
+        # the official fork_feat layout: norm0..norm3 in the state_dict right after the stages
+        self.feature_norm_indices = self.out_indices if feature_norms else ()
+        for i in self.feature_norm_indices:
+            self.add_module(f"norm{i}", nn.LayerNorm(dims[i], eps=1e-6))
         if features_only:
             self.norm = nn.Identity()
             self.head = nn.Identity()
         else:
             self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
-            if head_type == "mlp":
-                self.head = MlpHead(dims[-1], num_classes, head_dropout=head_dropout)
-            elif head_type == "linear":
-                self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-            else:
-                raise ValueError(f"head_type must be 'mlp' or 'linear', got {head_type!r}")
+            self.head = self._new_head(num_classes)
+        self.head_hidden_size = (
+            self.head.fc1.out_features if isinstance(self.head, MlpHead) else self.num_features
+        )
         self.apply(self._init_weights)
+
+    def _feature_info(self) -> FeatureInfo:
+        return FeatureInfo(
+            [
+                {"num_chs": self.dims[i], "reduction": self.reductions[i], "module": f"stages.{i}"}
+                for i in self.out_indices
+            ]
+        )
+
+    def _new_head(self, num_classes: int) -> nn.Module:
+        if num_classes == 0:
+            return nn.Identity()
+        if self.head_type == "mlp":
+            return MlpHead(self.num_features, num_classes, head_dropout=self.head_dropout)
+        return nn.Linear(self.num_features, num_classes)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -243,19 +287,28 @@ class MetaFormer(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc2 if isinstance(self.head, MlpHead) else self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the last classifier layer (the MLP head's hidden layers are kept)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier for ``num_classes``; 0 removes it, as timm's MetaFormer.
+
+        With 0, ``forward`` returns the pooled, normed ``num_features`` (512 for the S models).
+        Otherwise the MLP head's last layer is replaced and its hidden layers are kept (what
+        loading a checkpoint with another class count does); a model without a head gets a
+        fresh one. ``global_pool`` can only be ``"avg"``, the one pooling MetaFormer has.
+        """
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"MetaFormer pools by average only, got global_pool={global_pool!r}")
+        if self.features_only and num_classes:
+            raise ValueError("a features_only backbone has no final norm to put a classifier on")
         self.num_classes = num_classes
-        if isinstance(self.head, MlpHead):
-            hidden = self.head.fc1.out_features
-            self.head.fc2 = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
-            layer = self.head.fc2
+        if num_classes and isinstance(self.head, MlpHead):
+            self.head.fc2 = nn.Linear(self.head.fc1.out_features, num_classes)
+            self._init_weights(self.head.fc2)
         else:
-            self.head = (
-                nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-            )
-            layer = self.head
-        self._init_weights(layer)
+            self.head = self._new_head(num_classes)
+            self.head.apply(self._init_weights)
+        self.head_hidden_size = (
+            self.head.fc1.out_features if isinstance(self.head, MlpHead) else self.num_features
+        )
 
     def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample_layers[i](x)
@@ -268,20 +321,75 @@ class MetaFormer(nn.Module):
     def forward_intermediates(
         self,
         x: torch.Tensor,
-        indices: Sequence[int] | None = None,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (NCHW) for dense prediction; also the final map unless ``intermediates_only``."""
-        wanted = set(self.out_indices if indices is None else indices)
+        """Stage outputs for dense prediction, timm's signature.
+
+        Args:
+            indices: stages to return: ``None`` (``out_indices``), an int ``n`` (the last ``n``)
+                or a list (negative numbers count from the end).
+            norm: apply the per-output LayerNorms (``feature_norms=True``); a model without
+                them has no per-stage norm and returns the raw maps, as timm's MetaFormer.
+            stop_early: do not run the stages after the last one asked for; the returned final
+                map is then that stage's.
+            output_fmt: ``"NCHW"`` or ``"NHWC"`` (the layout the stages run in: no permute).
+            intermediates_only: return only the list of maps (the stages after the last index
+                are never run).
+
+        Returns:
+            ``(final_map, maps)``, or ``maps`` with ``intermediates_only``.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.stages), indices, self.out_indices)
+        stop = last + 1 if stop_early or intermediates_only else len(self.stages)
+        nchw = output_fmt == "NCHW"
         feats = []
-        last = max(wanted) if intermediates_only else len(self.stages) - 1
-        for i in range(last + 1):
+        for i in range(stop):
             x = self._run_stage(i, x)
-            if i in wanted:
-                feats.append(x.permute(0, 3, 1, 2))
+            if i in take:
+                y = getattr(self, f"norm{i}")(x) if norm and i in self.feature_norm_indices else x
+                feats.append(y.permute(0, 3, 1, 2) if nchw else y)
         if intermediates_only:
             return feats
-        return x.permute(0, 3, 1, 2), feats
+        return (x.permute(0, 3, 1, 2) if nchw else x), feats
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | Sequence[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the stages after the last of ``indices`` (timm's signature); returns the indices.
+
+        ``out_indices`` and ``feature_info`` become ``indices``. ``prune_head`` removes the
+        classifier (``num_classes`` 0); ``prune_norm``, or pruning any stage, removes the final
+        norm (it only fits the last stage), so ``forward_head`` then returns the pooled map of
+        the last kept stage (``num_features`` its channels).
+        """
+        take, last = feature_take_indices(len(self.stages), indices)
+        cut = last < len(self.stages) - 1
+        if cut and not prune_head and not isinstance(self.head, nn.Identity):
+            raise ValueError("pruning stages leaves the classifier without its input; prune_head")
+        for i in range(last + 1, len(self.stages)):
+            if i in self.feature_norm_indices:
+                delattr(self, f"norm{i}")
+        self.stages = self.stages[: last + 1]
+        self.downsample_layers = self.downsample_layers[: last + 1]
+        if prune_norm or cut:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.num_classes = 0
+            self.head = nn.Identity()
+        self.num_features = self.head_hidden_size = self.dims[last]
+        self.out_indices = tuple(take)
+        self.feature_norm_indices = tuple(i for i in self.feature_norm_indices if i <= last)
+        self.feature_info = self._feature_info()
+        return take
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final stage map, ``[B, C, H, W]`` (a channels-last view, no copy)."""
@@ -295,17 +403,32 @@ class MetaFormer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self.features_only:
-            return self.forward_intermediates(x, intermediates_only=True)
+            return self.forward_intermediates(x, norm=True, intermediates_only=True)
         return self.forward_head(self.forward_features(x))
 
     # --- checkpoints ----------------------------------------------------------------------
     def checkpoint_filter_fn(self, state: dict[str, Any], source_format: str) -> dict[str, Any]:
-        """Official checkpoint -> this model: Paddle layouts converted, filters resized."""
+        """Official checkpoint -> this model: Paddle layouts converted, filters resized.
+
+        A model without final norm or head (``features_only``, ``num_classes=0``) drops the
+        checkpoint's; a dense backbone's feature norms, when the checkpoint has none of them (a
+        classification checkpoint), keep their initialisation. The log notes both.
+        """
         if source_format == "pdparams":
             from .paddle import convert_paddle_metaformer
 
             state = convert_paddle_metaformer(state)
         own = self.state_dict()
+        state = self._drop_classifier(state)
+        norms = [f"norm{i}." for i in self.feature_norm_indices]
+        if norms and not any(k.startswith(tuple(norms)) for k in state):
+            kept = {k: v for k, v in own.items() if k.startswith(tuple(norms))}
+            log.info(
+                "the checkpoint has no per-output feature norms (%s): they keep their "
+                "initialisation (weight 1, bias 0), as in the official dense-prediction code",
+                ", ".join(n[:-1] for n in norms),
+            )
+            state = {**state, **kept}
         out = {}
         for key, value in state.items():
             if key.endswith("complex_weights") and key in own and value.ndim == 4:
@@ -318,6 +441,24 @@ class MetaFormer(nn.Module):
                     value = resize_complex_weight(value.float(), h, w)
             out[key] = value
         return out
+
+    def _drop_classifier(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Without a final norm / head, the checkpoint's are not loaded (noted in the log)."""
+        prefixes = tuple(
+            f"{name}." for name in ("norm", "head") if isinstance(getattr(self, name), nn.Identity)
+        )
+        dropped = [k for k in state if k.startswith(prefixes)] if prefixes else []
+        if not dropped:
+            return state
+        more = f", ... ({len(dropped) - 8} more)" if len(dropped) > 8 else ""
+        log.info(
+            "the model has no %s (features_only, num_classes=0 or pruned): not loading %s%s",
+            " or ".join({"norm.": "final norm", "head.": "classifier"}[p] for p in prefixes),
+            ", ".join(dropped[:8]),
+            more,
+        )
+        skip = set(dropped)
+        return {k: v for k, v in state.items() if k not in skip}
 
 
 # --- registered architectures -------------------------------------------------------------

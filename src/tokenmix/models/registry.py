@@ -3,6 +3,10 @@
 A name is ``arch`` or ``arch.tag``; the tag picks one of the architecture's pretrained configs
 (weights, eval transform), e.g. ``lvvit_s.tl_in1k_384``. Resolution and training data live in
 the tag, never in the architecture name.
+
+Published weights whose tag says they were trained (or fine-tuned) on ImageNet-1k (``in1k`` in
+the tag: ``in1k``, ``in21k_ft_in1k_384``, ``tl_in1k``) classify its 1000 classes; their cfg gets
+``label_set="imagenet-1k"``, so ``cfg.label_names`` names the outputs.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def register_model(*cfgs: PretrainedCfg) -> Callable[[F], F]:
     ``cfgs[0]`` is the family default (eval transform, classifier names); the published weights
     listed in :data:`tokenmix.models.weights.WEIGHTS` are applied on top of it, the first being
     the default tag. Every architecture has at least one cfg, so its eval transform is known.
+    ImageNet-1k weights get their label set (see the module docstring).
     """
 
     def wrap(fn: F) -> F:
@@ -37,11 +42,18 @@ def register_model(*cfgs: PretrainedCfg) -> Callable[[F], F]:
         _ENTRYPOINTS[name] = fn
         base = cfgs[0] if cfgs else PretrainedCfg()
         entries = [replace(base, **e) for e in WEIGHTS.get(name, [])] or list(cfgs) or [base]
+        entries = [_with_label_set(c) for c in entries]
         _CFGS[name] = {c.tag: c for c in entries}
         _DEFAULT_TAG[name] = entries[0].tag
         return fn
 
     return wrap
+
+
+def _with_label_set(cfg: PretrainedCfg) -> PretrainedCfg:
+    """ImageNet-1k weights (``in1k`` in the tag, 1000 classes) name the ImageNet-1k classes."""
+    in1k = cfg.has_weights and cfg.num_classes == 1000 and "in1k" in cfg.tag.split("_")
+    return replace(cfg, label_set="imagenet-1k") if in1k and not cfg.label_set else cfg
 
 
 def split_model_name(name: str) -> tuple[str, str | None]:
