@@ -7,6 +7,12 @@ exception is the classifier when the model was built for another number of class
 those keys are skipped, the classifier keeps its fresh initialisation, and a warning says so.
 Weights holding NaN or inf are refused unless the caller allows them. ``.pth`` files are
 scanned (:func:`check_torch_file`) before ``torch.load`` reads them.
+
+ConvFormer / CAFormer checkpoints in timm's key layout (``stem.conv.weight``,
+``stages.N.blocks.M...``, as in the ``timm/caformer_s18.sail_in1k`` Hub repositories) are
+recognised and converted (:mod:`tokenmix.models.timm_layout`) before the strict load. A source
+``"hf-hub:org/repo"`` is fetched through ``huggingface_hub`` first
+(:func:`tokenmix.models.hub.download_hf_hub`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from ..utils.unpickle import (
     scan_pickle,
     torch_checkpoint_globals,
 )
+from . import timm_layout
 
 log = logging.getLogger("tokenmix")
 
@@ -47,6 +54,7 @@ class LoadReport:
     source: str
     source_format: str
     reinitialized: list[str] = field(default_factory=list)
+    adjusted: list[str] = field(default_factory=list)  # model settings changed to match the source
 
 
 def checkpoint_format(path: str | Path) -> str:
@@ -257,15 +265,30 @@ def load_weights(
     dropped; a warning says which. Any other key the model lacks, under the classifier or
     not, is an error like every unexpected key.
 
+    A MetaFormer checkpoint in timm's layout is converted to ours first, and the model's MLP
+    head then normalises with timm's epsilon (1e-6; the official code uses 1e-5) so it gives
+    timm's outputs; :attr:`LoadReport.adjusted` says so.
+
     Args:
+        source: a checkpoint file, a state_dict, or ``"hf-hub:org/repo[@revision][/file]"``
+            (downloaded with ``huggingface_hub``, the ``hub`` extra).
         allow_nonfinite: load weights holding NaN or inf. They are refused by default because
             such a model evaluates to chance level without any error.
     """
     if isinstance(source, Mapping):
         state, name, fmt = dict(source), "state_dict", source_format or "pth"
     else:
-        state = read_state_dict(source, use_ema=use_ema)
-        name, fmt = str(source), source_format or checkpoint_format(source)
+        path = source
+        if isinstance(source, str) and source.startswith("hf-hub:"):
+            from .hub import download_hf_hub
+
+            path = download_hf_hub(source)
+        state = read_state_dict(path, use_ema=use_ema)
+        name, fmt = str(source), source_format or checkpoint_format(path)
+        if path is not source:
+            name = f"{source} ({path})"
+    if fmt != "pdparams" and timm_layout.is_timm_metaformer(state) and _is_metaformer(model):
+        state, fmt = timm_layout.timm_to_tokenmix(state), "timm"
     filter_fn = getattr(model, "checkpoint_filter_fn", None)
     if filter_fn is not None:
         state = filter_fn(state, fmt)
@@ -293,6 +316,13 @@ def load_weights(
     if not allow_nonfinite:
         _refuse_nonfinite(name, state)
     model.load_state_dict(state, strict=not resized)
+    if fmt == "timm":
+        report.adjusted = timm_layout.match_timm_numerics(model)
+        log.info(
+            "%s: converted from timm's layout%s",
+            name,
+            "".join(f"; {a}" for a in report.adjusted),
+        )
     if resized:
         log.warning(
             "%s: the checkpoint's classifier is for another number of classes; %s not loaded, "
@@ -309,6 +339,11 @@ def load_weights(
             getattr(model, "num_classes", "?"),
         )
     return report
+
+
+def _is_metaformer(model: nn.Module) -> bool:
+    """Our MetaFormer layout (its stem), the one timm's MetaFormer checkpoints convert to."""
+    return "downsample_layers.0.conv.weight" in model.state_dict()
 
 
 def _classifier_keys(

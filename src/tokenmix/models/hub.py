@@ -20,14 +20,28 @@ Environment:
 The transfer itself is :func:`tokenmix.download.download_file`: ``<file_name>.part``, resumed
 with ``Range`` + ``If-Range`` (also across runs), size and hash checks, a file lock, bounded
 retries. When neither a size nor a hash is known, the file must load as weights to be kept.
+
+**Files on the Hugging Face Hub** (the ConvFormer / CAFormer weights in ``sail/dl``, and any
+``pretrained="hf-hub:org/repo"``) go through ``huggingface_hub`` when it is installed (the
+``hub`` extra): its cache (``HF_HOME`` / ``HF_HUB_CACHE``), locking, resume after a dropped
+connection and offline mode (``HF_HUB_OFFLINE``, and ``TOKENMIX_OFFLINE`` too) replace ours for
+those files, and on every use the file is checked against the SHA-256 the Hub publishes for it
+(the Git LFS object id its cache names the file by). A copy already in our cache (downloaded
+before ``huggingface_hub`` was installed, or placed there by hand) is still used first; without
+``huggingface_hub`` these files go through our downloader like the GitHub-release ones. A
+mirror (``TOKENMIX_WEIGHTS_BASE_URL``) always goes through our downloader.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
+import re
+import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +53,7 @@ from tokenmix import download as dl
 from tokenmix.download import ENV_OFFLINE, DownloadError, FolderError, file_lock, is_offline
 from tokenmix.utils import atomic_write, sha256_file
 
+from ..extras import require
 from .checkpoint import (
     CheckpointError,
     LoadReport,
@@ -53,15 +68,20 @@ __all__ = [
     "ENV_BASE_URL",
     "ENV_HOME",
     "ENV_OFFLINE",
+    "HF_HUB_PREFIX",
     "ChecksumError",
+    "HfFile",
     "Weights",
     "WeightsError",
     "cache_dir",
     "cache_record",
     "cached_path",
+    "download_hf_hub",
     "download_weights",
+    "hf_file_of_url",
     "is_offline",
     "load_pretrained",
+    "parse_hf_hub",
     "resolve",
     "sha256_file",
 ]
@@ -168,6 +188,9 @@ def download_weights(
     """
     w = resolve(name)
     force = force or refresh
+    hf = _hub_route(w)
+    if hf is not None and (force or not w.path.is_file()):
+        return _hf_download(hf, w.name, force=force, progress=progress)
     try:
         dl.prepare_folder(w.path.parent)
         folder_error: FolderError | None = None
@@ -227,11 +250,12 @@ def cached_path(name: str | PretrainedCfg) -> Path | None:
     """The cached file of ``name`` if present with its recorded size (cheap: no hashing).
 
     A file copied in by hand has no record yet and counts as cached; its hash is checked and
-    recorded on first use.
+    recorded on first use. A Hub file not in our cache is looked up in the Hugging Face cache.
     """
     w = resolve(name)
     if not w.path.is_file():
-        return None
+        hf = _hub_route(w)
+        return None if hf is None else _hf_cached(hf)
     meta = _read_sidecar(w)
     if meta is not None and w.path.stat().st_size != meta.get("num_bytes"):
         return None
@@ -239,8 +263,26 @@ def cached_path(name: str | PretrainedCfg) -> Path | None:
 
 
 def cache_record(name: str | PretrainedCfg) -> dict[str, Any] | None:
-    """The sidecar of ``name``'s cached file: url, num_bytes, sha256 and how it was obtained."""
-    return _read_sidecar(resolve(name))
+    """The sidecar of ``name``'s cached file: url, num_bytes, sha256 and how it was obtained.
+
+    For a file in the Hugging Face cache: the same fields, the SHA-256 being the one the Hub
+    publishes (its Git LFS object id).
+    """
+    w = resolve(name)
+    hf = _hub_route(w)
+    if hf is None or w.path.is_file():
+        return _read_sidecar(w)
+    path = _hf_cached(hf)
+    if path is None:
+        return None
+    return {
+        "name": w.name,
+        "url": w.url,
+        "path": str(path),
+        "num_bytes": path.stat().st_size,
+        "sha256": _lfs_sha256(path),
+        "sha256_source": "published by the Hugging Face Hub (Git LFS object id)",
+    }
 
 
 # --- cache checks ------------------------------------------------------------------------------
@@ -346,6 +388,258 @@ def _check_loads(path: Path, fmt: str) -> None:
         read_pdparams(path)
     else:
         read_state_dict(path)  # a ``.part`` reads as a PyTorch file, weights_only
+
+
+# --- Hugging Face Hub --------------------------------------------------------------------------
+HF_HUB_PREFIX = "hf-hub:"
+# what a model repository holds, in the order tried (timm's and transformers' file names)
+_HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_HF_HOSTS = ("huggingface.co", "hf.co")
+_HF_SPEC = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[^/]+))?(?:/(?P<filename>.+))?")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class HfFile:
+    """One file of a Hugging Face Hub repository (``revision=None``: its default branch)."""
+
+    repo_id: str
+    filename: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        at = f"@{self.revision}" if self.revision else ""
+        return f"{HF_HUB_PREFIX}{self.repo_id}{at}/{self.filename}"
+
+
+def hf_file_of_url(url: str) -> HfFile | None:
+    """The Hub file behind ``https://huggingface.co/<org>/<repo>/resolve/<revision>/<path>``.
+
+    ``None`` for any other URL (GitHub releases, mirrors): those keep our downloader.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "https" or parts.hostname not in _HF_HOSTS:
+        return None
+    segments = [urllib.parse.unquote(p) for p in parts.path.strip("/").split("/")]
+    if len(segments) < 5 or segments[2] != "resolve":
+        return None
+    return HfFile(f"{segments[0]}/{segments[1]}", "/".join(segments[4:]), segments[3])
+
+
+def parse_hf_hub(spec: str) -> tuple[str, str | None, str | None]:
+    """``"hf-hub:org/repo[@revision][/path/in/repo]"`` -> ``(repo_id, revision, filename)``.
+
+    Raises:
+        ValueError: not of that form.
+    """
+    body = spec[len(HF_HUB_PREFIX) :] if spec.startswith(HF_HUB_PREFIX) else spec
+    m = _HF_SPEC.fullmatch(body)
+    if m is None:
+        raise ValueError(
+            f"{spec!r} is not a Hugging Face Hub reference: use 'hf-hub:org/repo', "
+            "'hf-hub:org/repo@revision' or 'hf-hub:org/repo/path/to/file.safetensors'"
+        )
+    return m["repo"], m["revision"], m["filename"]
+
+
+def download_hf_hub(spec: str, *, force: bool = False, progress: bool = True) -> Path:
+    """The local path of the weights at ``"hf-hub:org/repo"``, through ``huggingface_hub``.
+
+    Without a file name, the repository's ``model.safetensors`` is used, else its
+    ``pytorch_model.bin`` (how timm and transformers publish weights). The file lands in the
+    Hugging Face cache and is checked against the SHA-256 the Hub publishes for it.
+
+    Raises:
+        MissingExtraError: ``huggingface_hub`` is not installed (``pip install 'tokenmix[hub]'``).
+        WeightsError: the repository or file does not exist, or cannot be fetched (offline).
+        ValueError: ``spec`` is malformed.
+    """
+    repo_id, revision, filename = parse_hf_hub(spec)
+    hf = _huggingface_hub(spec)
+    if filename is not None:
+        return _hf_download(
+            HfFile(repo_id, filename, revision), spec, force=force, progress=progress
+        )
+    tried = []
+    for candidate in _HF_WEIGHT_FILES:
+        f = HfFile(repo_id, candidate, revision)
+        try:
+            return _hf_download(f, spec, force=force, progress=progress, missing_ok=True)
+        except hf.utils.EntryNotFoundError as e:
+            tried.append(f"{candidate} ({_first_line(e)})")
+    if _hf_offline(hf):
+        raise WeightsError(
+            f"{spec}: none of {', '.join(_HF_WEIGHT_FILES)} is in the Hugging Face cache, and "
+            "offline mode is set (TOKENMIX_OFFLINE or HF_HUB_OFFLINE)."
+        )
+    raise WeightsError(
+        f"{spec}: the repository holds none of the weight files tried: {'; '.join(tried)}. "
+        f"Name the file: '{HF_HUB_PREFIX}{repo_id}/<file name>'."
+    )
+
+
+def _huggingface_hub(what: object) -> Any:
+    """``huggingface_hub`` with its ``utils`` and ``constants`` loaded (it imports them lazily)."""
+    hf = require("huggingface_hub", "hub", f"downloading {what} from the Hugging Face Hub")
+    importlib.import_module("huggingface_hub.constants")
+    importlib.import_module("huggingface_hub.utils")
+    return hf
+
+
+def _hub_route(w: Weights) -> HfFile | None:
+    """The Hub file to fetch ``w`` through ``huggingface_hub``, or ``None`` for our downloader.
+
+    ``None`` when the file is not on the Hub, when a mirror replaces its URL, or when
+    ``huggingface_hub`` is not installed (our downloader fetches the same URL then).
+    """
+    if w.url != w.cfg.url:  # TOKENMIX_WEIGHTS_BASE_URL
+        return None
+    f = hf_file_of_url(w.url)
+    if f is None:
+        return None
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        log.debug("%s: huggingface_hub not installed; using tokenmix's downloader", w.name)
+        return None
+    return f
+
+
+def _hf_offline(hf: Any) -> bool:
+    """``TOKENMIX_OFFLINE``, or ``HF_HUB_OFFLINE`` (read now, and as huggingface_hub read it)."""
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return is_offline() or env or bool(getattr(hf.constants, "HF_HUB_OFFLINE", False))
+
+
+@contextlib.contextmanager
+def _progress_bars(hf: Any, enabled: bool) -> Iterator[None]:
+    if enabled or hf.utils.are_progress_bars_disabled():
+        yield
+        return
+    hf.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        hf.utils.enable_progress_bars()
+
+
+def _hf_download(
+    f: HfFile, label: str, *, force: bool = False, progress: bool = True, missing_ok: bool = False
+) -> Path:
+    """``hf_hub_download`` of ``f``, its SHA-256 checked; a corrupted cached copy is fetched again.
+
+    Args:
+        label: what the messages call the weights (``arch.tag`` or the ``hf-hub:`` reference).
+        missing_ok: let ``EntryNotFoundError`` through (the caller tries another file name).
+    """
+    hf = _huggingface_hub(label)
+    offline = _hf_offline(hf)
+    if force and offline:
+        raise WeightsError(f"{label}: a new download was asked for, but offline mode is set")
+    path = _hf_fetch(
+        hf,
+        f,
+        label,
+        force=force,
+        offline=offline,
+        progress=progress,
+        missing_ok=missing_ok,
+    )
+    problem = _hf_check(path)
+    if problem is None:
+        return path
+    if offline:
+        raise ChecksumError(
+            f"{label}: the cached {path} is corrupt ({problem}), and offline mode is set, so it "
+            f"was not fetched again. Delete it, or fetch it again once online."
+        )
+    log.warning("%s: %s is corrupt (%s); downloading it again", label, path, problem)
+    path = _hf_fetch(hf, f, label, force=True, offline=False, progress=progress)
+    problem = _hf_check(path)
+    if problem is not None:
+        raise ChecksumError(
+            f"{label}: {f} was downloaded again but {problem}; the server may hold a "
+            "different file than the one it publishes."
+        )
+    return path
+
+
+def _hf_fetch(
+    hf: Any,
+    f: HfFile,
+    label: str,
+    *,
+    force: bool,
+    offline: bool,
+    progress: bool,
+    missing_ok: bool = False,
+) -> Path:
+    from tokenmix import __version__
+
+    try:
+        with _progress_bars(hf, progress):
+            got = hf.hf_hub_download(
+                f.repo_id,
+                f.filename,
+                revision=f.revision,
+                force_download=force,
+                local_files_only=offline,
+                library_name="tokenmix",
+                library_version=__version__,
+            )
+    except hf.utils.EntryNotFoundError as e:
+        if missing_ok:
+            raise
+        raise WeightsError(_hf_failure(f, label, e, offline)) from e
+    except (hf.utils.HfHubHTTPError, OSError, ValueError) as e:
+        raise WeightsError(_hf_failure(f, label, e, offline)) from e
+    return Path(got)
+
+
+def _hf_failure(f: HfFile, label: str, e: BaseException, offline: bool) -> str:
+    why = (
+        "it is not in the Hugging Face cache and offline mode is set (TOKENMIX_OFFLINE or "
+        "HF_HUB_OFFLINE)"
+        if offline
+        else _first_line(e)
+    )
+    return (
+        f"{label}: cannot get {f}: {why}. To use the file without this download, fetch it "
+        f"yourself (`hf download {f.repo_id} {f.filename}`) and pass pretrained='/path/to/file'."
+    )
+
+
+def _hf_cached(f: HfFile) -> Path | None:
+    import huggingface_hub as hf
+
+    got = hf.try_to_load_from_cache(f.repo_id, f.filename, revision=f.revision)
+    return Path(got) if isinstance(got, str) else None
+
+
+def _lfs_sha256(path: Path) -> str | None:
+    """The SHA-256 the Hub published for a cached file: the name of the blob it links to."""
+    name = path.resolve().name
+    return name if _SHA256.fullmatch(name) else None
+
+
+def _hf_check(path: Path) -> str | None:
+    """``None`` when the file's SHA-256 is the one the Hub published, else what is wrong.
+
+    Files kept in git rather than LFS are named by their git hash, and a cache without symlinks
+    (Windows) keeps no blob names; both are not checked here (huggingface_hub checked the size).
+    """
+    published = _lfs_sha256(path)
+    if published is None:
+        return None
+    actual = sha256_file(path)
+    return (
+        None if actual == published else f"its SHA-256 is {actual}, the Hub publishes {published}"
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def _manual_hint(w: Weights) -> str:

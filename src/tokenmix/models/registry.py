@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from .pretrained import PretrainedCfg
-from .weights import WEIGHTS
+from .weights import WEIGHTS, canonical_tag
 
 _ENTRYPOINTS: dict[str, Callable[..., Any]] = {}
 _CFGS: dict[str, dict[str, PretrainedCfg]] = {}
@@ -89,7 +89,7 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
     arch, tag = split_model_name(name)
     get_entrypoint(arch)
     tags = _CFGS[arch]
-    tag = _DEFAULT_TAG[arch] if tag is None else tag
+    tag = _DEFAULT_TAG[arch] if tag is None else canonical_tag(arch, tag)  # timm tag names too
     if tag not in tags:
         known = ", ".join(f"{arch}.{t}" if t else arch for t in tags)
         raise ValueError(f"model {arch!r} has no weights tagged {tag!r}; known: {known}")

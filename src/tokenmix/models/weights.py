@@ -25,6 +25,12 @@ Tags say what the weights were trained on and at which resolution: ``in1k`` (Ima
 ``in21k_ft_in1k`` (ImageNet-21k pre-training, ImageNet-1k fine-tuning), ``tl_in1k`` (ImageNet-1k
 with Token Labeling), suffix ``_384``/``_448``/``_512`` for the fine-tuning resolution, which
 also becomes the cfg's ``input_size`` so ``create_model('lvvit_s.tl_in1k_384')`` builds at 384.
+
+:data:`TAG_ALIASES` maps other libraries' names for the same files to ours: timm calls the
+ConvFormer / CAFormer weights ``sail_in1k``, ``sail_in1k_384``, ``sail_in22k_ft_in1k`` and
+``sail_in22k_ft_in1k_384`` (``timm/caformer_s18.sail_in1k`` ...), so ``caformer_s18.sail_in1k``
+names ``caformer_s18.in1k``. timm's ``sail_in22k`` (the ImageNet-21k classifier before
+fine-tuning) is not in our table, so it has no alias.
 """
 
 from __future__ import annotations
@@ -115,6 +121,15 @@ def _metaformer(arch: str) -> list[dict[str, Any]]:
     return entries
 
 
+# timm's tags for the sail-sg files (timm/models/metaformer.py default_cfgs) -> ours
+_TIMM_SAIL_TAGS = {
+    "sail_in1k": "in1k",
+    "sail_in1k_384": "in1k_384",
+    "sail_in22k_ft_in1k": "in21k_ft_in1k",
+    "sail_in22k_ft_in1k_384": "in21k_ft_in1k_384",
+}
+
+
 # --- LV-ViT ---------------------------------------------------------------------------------
 _TL_URL = "https://github.com/zihangJiang/TokenLabeling/releases/download/{}/{}"
 _TL_LICENSE = "Apache-2.0 (zihangJiang/TokenLabeling)"
@@ -179,3 +194,11 @@ WEIGHTS: dict[str, list[dict[str, Any]]] = {
         _lvvit("1.0", "lvvit_l-150M-512-86.4.pth.tar", 512, 86.4, 1.0),
     ],
 }
+
+# arch -> {alias tag: our tag}
+TAG_ALIASES: dict[str, dict[str, str]] = {arch: dict(_TIMM_SAIL_TAGS) for arch in _METAFORMER_TOP1}
+
+
+def canonical_tag(arch: str, tag: str) -> str:
+    """Our name for ``arch``'s weight tag ``tag`` (``sail_in1k`` -> ``in1k``); others unchanged."""
+    return TAG_ALIASES.get(arch, {}).get(tag, tag)
