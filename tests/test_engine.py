@@ -433,7 +433,7 @@ def test_token_labeling_needs_token_outputs() -> None:
 def test_token_labeling_trains_with_a_label_store(tmp_path: Path) -> None:
     """LV-ViT + TokenLabelingLoss + dense maps from a teacher, cropped with the batch's boxes."""
     from tokenmix.data.datasets import open_dataset
-    from tokenmix.data.token_labels import relabel_dataset
+    from tokenmix.engine.relabel import relabel_dataset
     from tokenmix.models import create_model
 
     teacher = create_model("test_lvvit", img_size=32)

@@ -18,14 +18,9 @@ import tokenmix
 from tokenmix.cli.main import main as cli_main
 from tokenmix.data.crops import crop_resize, sample_rrc_boxes
 from tokenmix.data.datasets import open_dataset
-from tokenmix.data.token_labels import (
-    TokenLabelStore,
-    dense_logits,
-    label_maps,
-    relabel_dataset,
-    token_label_targets,
-)
+from tokenmix.data.token_labels import TokenLabelStore, label_maps, token_label_targets
 from tokenmix.engine.losses import TokenLabelingLoss, mix_token_target, one_hot_smooth
+from tokenmix.engine.relabel import dense_logits, relabel_dataset
 from tokenmix.models.lvvit import MixBox
 
 

@@ -95,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
 
     from tokenmix.data.datasets import open_dataset
     from tokenmix.data.loader import default_num_workers
-    from tokenmix.data.token_labels import relabel_dataset
     from tokenmix.engine.distributed import init_distributed, shutdown
     from tokenmix.engine.predict import load_for_inference
+    from tokenmix.engine.relabel import relabel_dataset
 
     if args.checkpoint is None and args.teacher is None:
         raise ValueError("give --teacher NAME (official weights) or --checkpoint RUN_OR_WEIGHTS")

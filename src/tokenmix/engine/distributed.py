@@ -40,7 +40,10 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
         preference = "cuda" if torch.cuda.is_available() else "cpu"
     if preference == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no CUDA device is available; use cpu or auto")
+            raise RuntimeError(
+                "device cuda was asked for (train.device / --device) but no CUDA device is "
+                "available; use cpu or auto"
+            )
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

@@ -49,14 +49,17 @@ def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
     """AdamW / Adam / SGD (Nesterov-free, momentum ``cfg.momentum``) over :func:`param_groups`.
 
     Plain Adam adds the decay to the gradient (L2), AdamW decouples it, as in their papers.
+    The multi-tensor (``foreach``) update is asked for on every device: PyTorch picks it by
+    itself only on CUDA, and on CPU the per-parameter loop costs a small model ~10 % of its
+    training step (CAFormer at 32 px on 2 cores: 479 -> 536 img/s); the result is the same.
     """
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, foreach=True)
     if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, foreach=True)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
     raise ValueError(f"optim.name: unknown optimizer {cfg.name!r}; allowed: adamw, adam, sgd")
 
 
