@@ -5,7 +5,7 @@ a teacher plus MixToken, and report +0.8-1.2 top-1 over the same student trained
 label only. This script runs the method end to end on real images (CIFAR-10 by default, or any
 dataset spec ``tokenmix train`` accepts), with the CLI commands a user would type:
 
-1. ``tokenmix train --config configs/cifar10_cpu.yaml`` -- the teacher (a CDFFormer), unless
+1. ``tokenmix train --config configs/cifar10_cpu.yaml`` -- the teacher, unless
    ``--teacher RUN`` names a finished run;
 2. ``tokenmix relabel --checkpoint TEACHER --grid 8`` -- its dense top-5 scores for every training
    image, stored on the student's 8x8 token grid (timed: the relabeling cost);
@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from train_cifar10 import machine_record  # noqa: E402
 
+from tokenmix.config import load_config  # noqa: E402
 from tokenmix.engine.metrics import read_metrics  # noqa: E402
 
 TOKENMIX = [sys.executable, "-m", "tokenmix.cli.main"]
@@ -154,6 +155,10 @@ def main() -> None:
             [*data, f"train.epochs={args.teacher_epochs}", "eval.every_epochs=1"],
             args.work / "teacher.log",
         )
+    teacher_cfg = load_config(teacher_run / "config.yaml")
+    teacher["model"] = teacher_cfg.model.name
+    teacher["epochs"] = teacher_cfg.train.epochs
+    teacher["train_images"] = teacher_cfg.data.train_limit or "all"
     print(f"teacher: {teacher['top1']:.2f} % top-1", flush=True)
 
     # 2. relabel the training subset on the students' 8x8 token grid
@@ -249,8 +254,8 @@ def main() -> None:
         "",
         "| model | recipe | test top-1 (%) | per seed |",
         "|---|---|---:|---|",
-        f"| teacher CDFFormer ({args.teacher_epochs} epochs) | `configs/cifar10_cpu.yaml` | "
-        f"{teacher['top1']:.2f} | |",
+        f"| teacher {teacher['model']} ({teacher['epochs']} epochs on {teacher['train_images']} "
+        f"images) | `configs/cifar10_cpu.yaml` | {teacher['top1']:.2f} | |",
         f"| student LV-ViT, CE + CutMix ({args.student_epochs} epochs) | `configs/cifar10_lvvit_ce.yaml` | "
         f"{spread(base)} | {', '.join(f'{v:.2f}' for v in base)} |",
         f"| student LV-ViT, token labeling + MixToken | `configs/cifar10_lvvit_tl.yaml` | "
