@@ -36,7 +36,8 @@ Storage layout of a label directory::
                     removed when the last row is done
 
 Writing the labels (the teacher pass, sharded under ``torchrun``) is
-:mod:`tokenmix.engine.relabel`; this module is only the format, its reader and the targets.
+:mod:`tokenmix.engine.relabel`; this module is the format (with its progress records, which
+that writer uses), its reader and the targets.
 """
 
 from __future__ import annotations
@@ -58,8 +59,15 @@ from .crops import crop_resize
 
 __all__ = [
     "TokenLabelStore",
+    "finished_rows",
     "label_maps",
+    "merge_ranges",
+    "rank_progress_files",
+    "read_json",
+    "read_rank_progress",
+    "row_dtype",
     "token_label_targets",
+    "write_json_atomic",
 ]
 
 FORMAT = "tokenmix-token-labels"
@@ -68,7 +76,7 @@ LABELS_FILE = "labels.npy"
 INDEX_FILE = "index.json"
 PROGRESS_FILE = "progress.json"
 RANK_PROGRESS_FILE = "progress-rank{rank}.json"
-_RANK_PROGRESS = re.compile(r"progress-rank(\d+)\.json")
+RANK_PROGRESS_PATTERN = re.compile(r"progress-rank(\d+)\.json")
 
 
 class LabeledImages(Protocol):
@@ -88,12 +96,13 @@ def row_dtype(topk: int, grid: tuple[int, int], num_classes: int) -> np.dtype:
     return np.dtype([("values", np.float16, shape), ("indices", index_type, shape)])
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any) -> None:
     """Write, fsync, then rename over ``path``: readers see the old or the new file, never half."""
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj)))
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A JSON file of a label directory; a missing or malformed one is an error naming it."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -105,7 +114,7 @@ def _read_json(path: Path) -> Any:
 
 
 # --- progress records ---------------------------------------------------------------------------
-def _merge(ranges: Sequence[Sequence[int]]) -> list[list[int]]:
+def merge_ranges(ranges: Sequence[Sequence[int]]) -> list[list[int]]:
     """Sorted, disjoint ``[start, end)`` row ranges covering the same rows as ``ranges``."""
     merged: list[list[int]] = []
     for start, end in sorted((int(a), int(b)) for a, b in ranges):
@@ -116,13 +125,14 @@ def _merge(ranges: Sequence[Sequence[int]]) -> list[list[int]]:
     return merged
 
 
-def _rank_progress_files(out: Path) -> list[Path]:
-    return sorted(p for p in out.iterdir() if _RANK_PROGRESS.fullmatch(p.name))
+def rank_progress_files(out: Path) -> list[Path]:
+    """The per-rank progress records (``progress-rank<N>.json``) a sharded run left in ``out``."""
+    return sorted(p for p in out.iterdir() if RANK_PROGRESS_PATTERN.fullmatch(p.name))
 
 
-def _read_rank_progress(path: Path, num_rows: int) -> list[list[int]]:
+def read_rank_progress(path: Path, num_rows: int) -> list[list[int]]:
     """The finished row ranges one rank recorded; a malformed record is an error naming it."""
-    record = _read_json(path)
+    record = read_json(path)
     rows = record.get("rows") if isinstance(record, dict) else None
     if not isinstance(rows, list) or not all(
         isinstance(r, list)
@@ -135,16 +145,16 @@ def _read_rank_progress(path: Path, num_rows: int) -> list[list[int]]:
             f"{path}: not a progress record of {num_rows} rows (expected "
             '{"rows": [[start, end], ...]}); delete the label directory to start over'
         )
-    return _merge(rows)
+    return merge_ranges(rows)
 
 
-def _finished_rows(out: Path, num_rows: int) -> list[list[int]]:
+def finished_rows(out: Path, num_rows: int) -> list[list[int]]:
     """Every row range recorded as finished: progress.json's leading rows and each rank's."""
-    done = int(_read_json(out / PROGRESS_FILE)["done"])
+    done = int(read_json(out / PROGRESS_FILE)["done"])
     ranges = [[0, min(done, num_rows)]]
-    for path in _rank_progress_files(out):
-        ranges += _read_rank_progress(path, num_rows)
-    return _merge(ranges)
+    for path in rank_progress_files(out):
+        ranges += read_rank_progress(path, num_rows)
+    return merge_ranges(ranges)
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -157,7 +167,7 @@ class TokenLabelStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        index = _read_json(self.path / INDEX_FILE)
+        index = read_json(self.path / INDEX_FILE)
         if index.get("format") != FORMAT or index.get("version") != VERSION:
             raise ValueError(
                 f"{self.path / INDEX_FILE}: not a tokenmix token-label index "
@@ -169,8 +179,8 @@ class TokenLabelStore:
         if len(self._row_of) != len(self.sample_ids):
             raise ValueError(f"{self.path / INDEX_FILE}: duplicate sample ids")
         num_rows = len(self.sample_ids)
-        if int(_read_json(self.path / PROGRESS_FILE)["done"]) < num_rows:
-            done = sum(end - start for start, end in _finished_rows(self.path, num_rows))
+        if int(read_json(self.path / PROGRESS_FILE)["done"]) < num_rows:
+            done = sum(end - start for start, end in finished_rows(self.path, num_rows))
             raise ValueError(
                 f"{self.path} is incomplete ({done} of {num_rows} samples labelled); "
                 "run the same `tokenmix relabel` command again (any number of processes) to "

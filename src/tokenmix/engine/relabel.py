@@ -39,22 +39,22 @@ from tqdm.auto import tqdm
 
 from .. import kernels
 from ..data.token_labels import (
-    _RANK_PROGRESS,
     FORMAT,
     INDEX_FILE,
     LABELS_FILE,
     PROGRESS_FILE,
     RANK_PROGRESS_FILE,
+    RANK_PROGRESS_PATTERN,
     VERSION,
     LabeledImages,
     TokenLabelStore,
-    _finished_rows,
-    _merge,
-    _rank_progress_files,
-    _read_json,
-    _read_rank_progress,
-    _write_json_atomic,
+    finished_rows,
+    merge_ranges,
+    rank_progress_files,
+    read_json,
+    read_rank_progress,
     row_dtype,
+    write_json_atomic,
 )
 from ..data.transforms import SquashResize
 from . import distributed
@@ -107,14 +107,14 @@ def _is_label_file(name: str) -> bool:
     """Whether ``name`` is a file that making a label directory leaves before its index exists."""
     if name.startswith(".") and name.endswith(".tmp"):  # an atomic write cut short
         name = name[1:-4]
-    return name in (LABELS_FILE, PROGRESS_FILE) or bool(_RANK_PROGRESS.fullmatch(name))
+    return name in (LABELS_FILE, PROGRESS_FILE) or bool(RANK_PROGRESS_PATTERN.fullmatch(name))
 
 
 def _check_existing(out: Path, meta: dict[str, Any], ids: list[str]) -> bool:
     """Whether ``out`` holds labels made the same way (to resume); made otherwise is an error."""
     index_path = out / INDEX_FILE
     if index_path.exists():
-        index = _read_json(index_path)
+        index = read_json(index_path)
         old = index.get("meta", {})
         changed = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
         if index.get("format") != FORMAT or changed or index.get("ids") != ids:
@@ -133,13 +133,13 @@ def _create(out: Path, meta: dict[str, Any], ids: list[str], dtype: np.dtype) ->
     """Make a fresh label directory (rank 0 alone); the index goes last, as its presence marks
     a directory that can be resumed."""
     out.mkdir(parents=True, exist_ok=True)
-    for path in _rank_progress_files(out):  # from a creation that stopped before its index
+    for path in rank_progress_files(out):  # from a creation that stopped before its index
         path.unlink()
     labels = np.lib.format.open_memmap(out / LABELS_FILE, "w+", dtype, (len(ids),))
     labels.flush()
     del labels
-    _write_json_atomic(out / PROGRESS_FILE, {"done": 0})
-    _write_json_atomic(
+    write_json_atomic(out / PROGRESS_FILE, {"done": 0})
+    write_json_atomic(
         out / INDEX_FILE, {"format": FORMAT, "version": VERSION, "meta": meta, "ids": ids}
     )
 
@@ -285,14 +285,14 @@ def relabel_dataset(
             "directory must be on a file system that all processes share"
         )
     offset = _data_offset(out / LABELS_FILE, dtype, len(ids))
-    if int(_read_json(out / PROGRESS_FILE)["done"]) >= len(ids):
+    if int(read_json(out / PROGRESS_FILE)["done"]) >= len(ids):
         if rank == 0:  # records left by a run stopped between its last two steps below
-            for path in _rank_progress_files(out):
+            for path in rank_progress_files(out):
                 path.unlink()
         return TokenLabelStore(out)
-    finished = _finished_rows(out, len(ids))
+    finished = finished_rows(out, len(ids))
     own_path = out / RANK_PROGRESS_FILE.format(rank=rank)
-    own = _read_rank_progress(own_path, len(ids)) if own_path.exists() else []
+    own = read_rank_progress(own_path, len(ids)) if own_path.exists() else []
     distributed.barrier()  # every rank has read the records before any rank adds to them
     mine, pending = _chunks_of_rank(len(ids), chunk_size, finished, rank, world_size)
     rounds = math.ceil(pending / world_size)
@@ -354,16 +354,16 @@ def relabel_dataset(
             f.write(rows.tobytes())
             f.flush()
             os.fsync(f.fileno())
-            own = _merge([*own, [start, end]])
-            _write_json_atomic(own_path, {"rows": own})
+            own = merge_ranges([*own, [start, end]])
+            write_json_atomic(own_path, {"rows": own})
             count.post(end - start)
         for _ in range(rounds - len(mine)):  # every rank joins every round's all-reduce
             count.post(0)
         count.collect()
     distributed.barrier()  # every chunk of every rank is written and recorded
     if rank == 0:
-        _write_json_atomic(out / PROGRESS_FILE, {"done": len(ids)})
-        for path in _rank_progress_files(out):
+        write_json_atomic(out / PROGRESS_FILE, {"done": len(ids)})
+        for path in rank_progress_files(out):
             path.unlink()
     distributed.barrier()
     return TokenLabelStore(out)
