@@ -191,6 +191,22 @@ def test_no_crop_when_scale_is_none() -> None:
     assert torch.allclose(out.images, (images / 255 - mean) / std, atol=1e-5)
 
 
+def test_translate_shifts_whole_pixels_with_replicated_edges() -> None:
+    images, labels = _batch(b=32, size=16)
+    cfg = AugmentConfig(**PLAIN, scale=None, hflip_rate=0.0, translate=3, interpolation="bilinear")
+    out = _augment(cfg)(images, labels)
+    shifts = torch.round(out.boxes[:, :2] * 16).long()  # (dx, dy) in source pixels
+    assert torch.allclose(out.boxes[:, 2:] - out.boxes[:, :2], torch.ones(32, 2))
+    assert shifts.abs().max() <= 3 and len({tuple(s) for s in shifts.tolist()}) > 8
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    pixels = out.images * std + mean
+    for i, (dx, dy) in enumerate(shifts.tolist()):
+        rows = (torch.arange(16) + dy).clamp(0, 15)  # output pixel y reads source y + dy
+        cols = (torch.arange(16) + dx).clamp(0, 15)
+        expected = images[i].float()[:, rows][:, :, cols] / 255
+        assert torch.allclose(pixels[i], expected, atol=1e-5), (i, dx, dy)
+
+
 def test_label_smoothing_targets() -> None:
     images, labels = _batch()
     out = _augment(AugmentConfig(**PLAIN), smoothing=0.1)(images, labels)

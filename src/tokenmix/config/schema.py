@@ -103,6 +103,9 @@ class AugmentConfig:
     scale: tuple[float, float] | None = bounded((0.08, 1.0), gt=0.0, le=1.0, ordered=True)
     # log-uniform, so both ends must be > 0
     ratio: tuple[float, float] = bounded((3 / 4, 4 / 3), gt=0.0, ordered=True)
+    # Random shift of up to this many pixels of the loaded image each way, edges replicated
+    # (the pad-and-crop of fast CIFAR trainers; after the crop, exact at integer pixels); 0 = off.
+    translate: int = bounded(0, ge=0)
     hflip_rate: float = bounded(0.5, ge=0.0, le=1.0)
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
     # Random rotation in +-degrees (the seed's CIFAR-10 setup uses 20).

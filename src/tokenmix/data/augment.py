@@ -4,8 +4,8 @@ One call turns a uint8 batch from the loader into what the loss needs, in the or
 ``transforms_imagenet_train`` + ``Mixup`` (huggingface/pytorch-image-models, the pipeline the
 official DFFormer, MetaFormer and LV-ViT training scripts call):
 
-1. RandomResizedCrop + horizontal flip as boxes (:mod:`tokenmix.data.crops`). The boxes and
-   flips are returned, so token-label maps can be cropped with exactly the same ones.
+1. RandomResizedCrop, an optional random translation by whole pixels (``translate``), and
+   horizontal flip, as boxes (:mod:`tokenmix.data.crops`). The boxes and flips are returned, so token-label maps can be cropped with exactly the same ones.
 2. Rotation (kornia ``RandomRotation``, off by default; not part of the official recipes).
 3. RandAugment (timm spec string, below), then colour jitter if set (kornia ``ColorJitter``,
    timm's ``color_jitter`` meaning: one strength for brightness, contrast and saturation; timm
@@ -88,7 +88,7 @@ from kornia.enhance import sharpness
 
 from ..config.schema import AugmentConfig
 from ..utils import cut_box
-from .crops import crop_resize, full_boxes, sample_rrc_boxes
+from .crops import crop_resize, full_boxes, sample_rrc_boxes, shift_boxes
 
 _LEVEL_DENOM = 10.0  # timm's level scale
 _KORNIA_SCALE = 30.0  # kornia's magnitude scale
@@ -140,6 +140,8 @@ def check_config(cfg: AugmentConfig) -> None:
         raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {cfg.scale}")
     if cfg.mixup_alpha < 0 or cfg.cutmix_alpha < 0 or cfg.color_jitter < 0 or cfg.rotation < 0:
         raise ValueError("mixup_alpha, cutmix_alpha, color_jitter and rotation must be >= 0")
+    if cfg.translate < 0:
+        raise ValueError(f"translate must be >= 0 pixels, got {cfg.translate}")
     if cfg.randaugment_group < 1:
         raise ValueError(f"randaugment_group must be >= 1, got {cfg.randaugment_group}")
     if cfg.randaugment is not None:
@@ -558,6 +560,8 @@ class TrainAugment:
             boxes = full_boxes(b, device=dev)
         else:
             boxes = sample_rrc_boxes(b, cfg.scale, cfg.ratio, device=dev)
+        if cfg.translate:
+            boxes = shift_boxes(boxes, cfg.translate, images.shape[-2:])
         flips = (torch.rand(b) < cfg.hflip_rate).to(dev)
         x = crop_resize(images.float() / 255.0, boxes, self.img_size, flips, mode=cfg.interpolation)
         x = x.clamp_(0.0, 1.0)

@@ -62,6 +62,21 @@ def sample_rrc_boxes(
     return torch.stack([x0, y0, x0 + w_sel, y0 + h_sel], dim=1).to(device)
 
 
+def shift_boxes(
+    boxes: torch.Tensor,
+    pixels: int,
+    size: tuple[int, int],
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Move each box by a whole number of source pixels, uniform in ``[-pixels, pixels]`` per
+    axis (``size`` is the source ``(H, W)``): random translation, the pad-and-crop of CIFAR
+    trainers. Whole pixels keep pixel centres on pixel centres, so an unscaled box copies
+    pixels exactly; the part outside the image reads the border (:func:`crop_resize`)."""
+    shift = torch.randint(-pixels, pixels + 1, (boxes.shape[0], 2), generator=generator)
+    shift = shift.to(boxes) / torch.tensor([size[1], size[0]]).to(boxes)
+    return boxes + shift.repeat(1, 2)
+
+
 def full_boxes(batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Boxes covering the whole image (no crop)."""
     return torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=device).expand(batch, 4).contiguous()
