@@ -5,7 +5,8 @@ One call turns a uint8 batch from the loader into what the loss needs, in the or
 official DFFormer, MetaFormer and LV-ViT training scripts call):
 
 1. RandomResizedCrop, an optional random translation by whole pixels (``translate``), and
-   horizontal flip, as boxes (:mod:`tokenmix.data.crops`). The boxes and flips are returned, so token-label maps can be cropped with exactly the same ones.
+   horizontal flip, as boxes (:mod:`tokenmix.data.crops`). The boxes and flips are returned,
+   so token-label maps can be cropped with exactly the same ones.
 2. Rotation (kornia ``RandomRotation``, off by default; not part of the official recipes).
 3. RandAugment (timm spec string, below), then colour jitter if set (kornia ``ColorJitter``,
    timm's ``color_jitter`` meaning: one strength for brightness, contrast and saturation; timm

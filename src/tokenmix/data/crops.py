@@ -73,7 +73,7 @@ def shift_boxes(
     trainers. Whole pixels keep pixel centres on pixel centres, so an unscaled box copies
     pixels exactly; the part outside the image reads the border (:func:`crop_resize`)."""
     shift = torch.randint(-pixels, pixels + 1, (boxes.shape[0], 2), generator=generator)
-    shift = shift.to(boxes) / torch.tensor([size[1], size[0]]).to(boxes)
+    shift = shift.to(boxes) / boxes.new_tensor([size[1], size[0]])  # (dx, dy) normalised
     return boxes + shift.repeat(1, 2)
 
 
