@@ -103,6 +103,7 @@ def main() -> None:
             "seconds": round(r["time"] - t0, 1),
             "top1": round(r["top1"], 2),
             "loss": round(r["loss"], 4),
+            "views": r.get("views", 1),
         }
         for r in records
         if r["kind"] == "eval"
@@ -141,12 +142,16 @@ def main() -> None:
         + "; full 10,000-image test set.",
         f"Machine: {where}.",
         "",
-        "| epoch | minutes | test top-1 (%) | test loss |",
-        "|---:|---:|---:|---:|",
+        "| epoch | minutes | test top-1 (%) | test loss | views per image |",
+        "|---:|---:|---:|---:|---:|",
         *[
-            f"| {c['epoch']} | {c['seconds'] / 60:.1f} | {c['top1']:.2f} | {c['loss']:.4f} |"
+            f"| {c['epoch']} | {c['seconds'] / 60:.1f} | {c['top1']:.2f} | {c['loss']:.4f} "
+            f"| {c['views']} |"
             for c in curve
         ],
+        "",
+        "Views per image: the evaluation's test-time views (`eval.hflip`, `eval.shift`; with"
+        " `eval.tta: last` only the final evaluation uses them).",
         "",
         f"Final: **{report['final_top1']:.2f} % top-1** ({report['final_top5']:.2f} % top-5) in "
         f"{total / 60:.1f} min wall clock (training + evaluation, setup included); median "

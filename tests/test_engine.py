@@ -423,6 +423,43 @@ def test_evaluate_hflip_averages_the_mirror_logits() -> None:
     assert plain.loss != pytest.approx(r.loss)
 
 
+def test_evaluate_shift_averages_ten_views_with_replicated_edges() -> None:
+    """shift=1 with hflip: the image and its 1-px moves left/right/up/down, each mirrored."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 5 * 6, 4))
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(7, 3, 5, 6, generator=g)
+    labels = torch.randint(0, 4, (7,), generator=g)
+    kwargs = {"num_classes": 4, "device": torch.device("cpu"), "prepare": lambda x: x}
+    r = evaluate(model, [(images, labels)], hflip=True, shift=1, **kwargs)
+
+    def moved(dy: int, dx: int) -> torch.Tensor:
+        """out[i, j] = images[clamp(i + dy), clamp(j + dx)]: a move with replicated edges."""
+        rows = (torch.arange(5) + dy).clamp(0, 4)
+        cols = (torch.arange(6) + dx).clamp(0, 5)
+        return images[:, :, rows][:, :, :, cols]
+
+    views = [moved(dy, dx) for dy, dx in [(0, 0), (0, 1), (0, -1), (1, 0), (-1, 0)]]
+    with torch.no_grad():
+        mean = sum(model(v) + model(v.flip(-1)) for v in views) / 10
+    assert r.loss == pytest.approx(torch.nn.functional.cross_entropy(mean, labels).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="shift"):
+        evaluate(model, [(images, labels)], shift=-1, **kwargs)
+
+
+def test_tta_last_runs_the_views_only_in_the_final_evaluation(tmp_path: Path) -> None:
+    """eval.tta=last: the curve's evaluations see one view, the final one 10."""
+    tiny_fit(
+        tmp_path,
+        "train.epochs=2",
+        "eval.every_epochs=1",
+        "eval.hflip=true",
+        "eval.shift=1",
+        "eval.tta=last",
+    )
+    evals = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "eval"]
+    assert [r["views"] for r in evals] == [1, 10]
+
+
 # --- token labeling seam ---------------------------------------------------------------------
 def test_token_labeling_needs_token_outputs() -> None:
     with pytest.raises(ValueError, match="token outputs"):

@@ -153,6 +153,23 @@ def test_stem_stride_model_trains_a_step() -> None:
     assert not torch.equal(before, model.downsample_layers[0].conv.weight)
 
 
+def test_conv_stem_adds_a_stride_one_conv_and_trains() -> None:
+    """stem_hidden: 3x3 conv + GELU at full resolution before the stem conv, new keys only."""
+    plain = tokenmix.create_model("test_cdfformer", img_size=32, stem_stride=2)
+    model = tokenmix.create_model("test_cdfformer", img_size=32, stem_stride=2, stem_hidden=8)
+    added = set(model.state_dict()) - set(plain.state_dict())
+    assert added == {"downsample_layers.0.pre_conv.0.weight", "downsample_layers.0.pre_conv.0.bias"}
+    assert model.downsample_layers[0].conv.in_channels == 8
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    with torch.no_grad():
+        _, feats = model.forward_intermediates(x)
+    assert [f.shape[-1] for f in feats] == [16, 8, 4, 2]
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    assert model.downsample_layers[0].pre_conv[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="stem_hidden must be >= 1"):
+        tokenmix.create_model("test_dfformer", stem_hidden=0)
+
+
 def test_default_stem_is_the_official_one() -> None:
     conv = tokenmix.create_model("test_dfformer").downsample_layers[0].conv
     assert (conv.kernel_size, conv.stride, conv.padding) == ((7, 7), (4, 4), (2, 2))

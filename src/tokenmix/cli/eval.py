@@ -48,6 +48,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="test-time flip: average the logits of each image and its mirror (2x compute)",
     )
+    p.add_argument(
+        "--shift",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="test-time shift: also average over the image moved PX pixels left, right, up and"
+        " down, edges replicated (5x compute; with --hflip each view mirrored too)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
         "--amp",
@@ -110,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         total=len(dataset),
         progress=True,
         hflip=args.hflip,
+        shift=args.shift,
     )
     print(f"{loaded.source} on {args.data} [{args.split}], {result.num_samples} images")
     print(f"top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  loss {result.loss:.4f}")

@@ -221,6 +221,12 @@ class EvalConfig:
     grid_images: int = bounded(32, ge=0)
     # Test-time flip: average the logits of each image and its mirror (2x evaluation compute).
     hflip: bool = False
+    # Test-time shift: also average over the image moved by this many pixels left, right, up
+    # and down, edges replicated (5x evaluation compute; pairs with aug.translate); 0 = off.
+    shift: int = bounded(0, ge=0)
+    # Which evaluations use hflip and shift: every one, or only the last (the earlier ones, for
+    # the learning curve and the best checkpoint, then run on the plain image at 1x compute).
+    tta: Literal["every", "last"] = "every"
 
 
 @dataclass

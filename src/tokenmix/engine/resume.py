@@ -12,7 +12,8 @@ key that differs from the checkpoint's must either take effect exactly or be ref
   ``train.seed`` (the data order and every random draw already made), ``optim.name`` (the
   saved optimizer state is that optimizer's), ``loss.kind`` / ``loss.token_labels`` (the
   model's outputs and dense targets), ``ema.enabled`` (the EMA weights exist or not), and
-  ``checkpoint.monitor`` and ``eval.hflip`` (the best value so far was measured with them).
+  ``checkpoint.monitor`` and ``eval.hflip`` / ``shift`` / ``tta`` (the best value so far was
+  measured with them).
   Within ``data``, only what does not change the samples may change: ``num_workers``,
   ``cache``, ``bad_images``, ``max_pixels`` and ``allow_outside_root``.
 * applied from the next step: everything else. The optimizer's hyper-parameters
@@ -78,6 +79,8 @@ RULES: dict[str, tuple[bool, str]] = {
     "checkpoint.monitor": (False, "the best value so far was measured with it"),
     "eval": (True, "read at every evaluation"),
     "eval.hflip": (False, "the best value so far was measured with it"),
+    "eval.shift": (False, "the best value so far was measured with it"),
+    "eval.tta": (False, "the best value so far was measured with it"),
     "log": (True, "read at every log line"),
     "run": (True, "names the folder only; a resumed run stays in its checkpoint's folder"),
 }

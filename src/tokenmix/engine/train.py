@@ -61,7 +61,7 @@ from .build import (
 )
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .ema import create_ema, load_ema
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult, evaluate, num_views
 from .metrics import METRICS_FILE, MetricsWriter, progress_bar, read_metrics
 from .optim import create_optimizer, create_scheduler
 from .predict import grid_samples, predict_topk
@@ -589,8 +589,15 @@ class Trainer:
         self._window_steps, self._window_start = 0, time.perf_counter()
         return loss
 
-    def evaluate(self) -> dict[str, EvalResult]:
-        """Evaluate the model (and its EMA), record the metrics, update the best weights."""
+    def evaluate(self, last: bool = False) -> dict[str, EvalResult]:
+        """Evaluate the model (and its EMA), record the metrics, update the best weights.
+
+        ``last``: the run's final evaluation, the one ``eval.tta: last`` saves the test-time
+        views for.
+        """
+        ec = self.cfg.eval
+        tta = last or ec.tta == "every"
+        hflip, shift = (ec.hflip, ec.shift) if tta else (False, 0)
         results: dict[str, EvalResult] = {}
         nets = {"": self.model, "ema_": self.ema.module if self.ema is not None else None}
         for prefix, net in nets.items():
@@ -605,17 +612,23 @@ class Trainer:
                 autocast=self.autocast,
                 total=len(self.val_loader.sampler),
                 progress=self.cfg.log.progress and self.dist.is_main,
-                hflip=self.cfg.eval.hflip,
+                hflip=hflip,
+                shift=shift,
             )
         values: dict[str, float] = {}
         for prefix, r in results.items():
             values.update(r.as_dict(prefix))
         c = self.counters
         assert self.metrics is not None
-        self.metrics.write("eval", c.step, epoch=c.epoch, **values)
+        views = num_views(hflip, shift)
+        self.metrics.write("eval", c.step, epoch=c.epoch, views=views, **values)
         if self.dist.is_main:
             log.info(
-                "eval at step %d: %s", c.step, ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+                "eval at step %d (%d view%s per image): %s",
+                c.step,
+                views,
+                "s" if views > 1 else "",
+                ", ".join(f"{k} {v:.4g}" for k, v in values.items()),
             )
         self.save_best(values)
         return results
@@ -669,7 +682,7 @@ class Trainer:
                     c.epoch += 1
                 finished = c.step >= self.total_steps
                 if finished or c.epoch % cfg.eval.every_epochs == 0:
-                    results = self.evaluate()
+                    results = self.evaluate(last=finished)
                 if (
                     finished
                     or c.epoch % cfg.checkpoint.every_epochs == 0
@@ -677,7 +690,7 @@ class Trainer:
                 ):
                     self.save()
             if not results:  # resumed a finished run: report what it holds
-                results = self.evaluate()
+                results = self.evaluate(last=True)
             return self.finish(results, time.perf_counter() - t0)
         finally:
             self.metrics.close()

@@ -60,9 +60,13 @@ class Downsampling(nn.Module):
         padding: int,
         pre_norm: bool = False,
         post_norm: bool = False,
+        hidden_chs: int | None = None,
     ) -> None:
         super().__init__()
         self.pre_norm = LayerNormNoBias(in_chs) if pre_norm else nn.Identity()
+        if hidden_chs is not None:  # a conv stem: 3x3 stride-1 conv and GELU first
+            self.pre_conv = nn.Sequential(nn.Conv2d(in_chs, hidden_chs, 3, padding=1), nn.GELU())
+            in_chs = hidden_chs
         self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding)
         self.post_norm = LayerNormNoBias(out_chs) if post_norm else nn.Identity()
         self.channels_last_input = pre_norm
@@ -70,6 +74,8 @@ class Downsampling(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last_input:  # [B, H, W, C] from the previous stage
             x = self.pre_norm(x).permute(0, 3, 1, 2)
+        if hasattr(self, "pre_conv"):
+            x = self.pre_conv(x)
         return self.post_norm(self.conv(x).permute(0, 2, 3, 1))
 
 
@@ -135,6 +141,9 @@ class MetaFormer(nn.Module):
         stem_kernel: stem kernel size; None: 7 at stride 4 (official), 3 at strides 1 and 2.
             Padding keeps ``H / stem_stride`` outputs. Only the official stem (7, 4) loads
             the published weights.
+        stem_hidden: a conv stem (as "Early Convolutions Help Transformers See Better"): a 3x3
+            stride-1 convolution to this many channels and a GELU before the stem convolution
+            (new weights ``downsample_layers.0.pre_conv.0``); None: the official single conv.
     """
 
     def __init__(
@@ -159,6 +168,7 @@ class MetaFormer(nn.Module):
         feature_norms: bool = False,
         stem_stride: int = 4,
         stem_kernel: int | None = None,
+        stem_hidden: int | None = None,
     ) -> None:
         super().__init__()
         num_stages = len(depths)
@@ -168,6 +178,8 @@ class MetaFormer(nn.Module):
             raise ValueError(f"head_type must be 'mlp' or 'linear', got {head_type!r}")
         if stem_stride < 1:
             raise ValueError(f"stem_stride must be >= 1, got {stem_stride}")
+        if stem_hidden is not None and stem_hidden < 1:
+            raise ValueError(f"stem_hidden must be >= 1 channels or None, got {stem_hidden}")
         stem_kernel = stem_kernel or (7 if stem_stride == 4 else max(3, 2 * stem_stride - 1))
         if stem_kernel < stem_stride:
             raise ValueError(
@@ -207,6 +219,7 @@ class MetaFormer(nn.Module):
                     stem_stride,
                     (stem_kernel - stem_stride + 1) // 2,  # official (7, 4): padding 2
                     post_norm=True,
+                    hidden_chs=stem_hidden,
                 )
             ]
             + [
