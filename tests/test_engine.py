@@ -408,13 +408,19 @@ def test_evaluate_counts_are_exact() -> None:
             assert per_class[i] == pytest.approx(100 * (pred[mask] == i).float().mean().item())
 
 
+def _linear_eval_case(n: int, height: int, width: int, classes: int, seed: int):
+    """A linear classifier on random images: ``(model, images, labels, evaluate kwargs)``."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * height * width, classes))
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, height, width, generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    kwargs = {"num_classes": classes, "device": torch.device("cpu"), "prepare": lambda x: x}
+    return model, images, labels, kwargs
+
+
 def test_evaluate_hflip_averages_the_mirror_logits() -> None:
     """Test-time flip scores each image by the mean logits of it and its mirror image."""
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2 * 4, 5))
-    g = torch.Generator().manual_seed(2)
-    images = torch.randn(12, 3, 2, 4, generator=g)
-    labels = torch.randint(0, 5, (12,), generator=g)
-    kwargs = {"num_classes": 5, "device": torch.device("cpu"), "prepare": lambda x: x}
+    model, images, labels, kwargs = _linear_eval_case(12, 2, 4, classes=5, seed=2)
     r = evaluate(model, [(images, labels)], hflip=True, **kwargs)
     with torch.no_grad():
         mean = (model(images) + model(images.flip(-1))) / 2
@@ -425,11 +431,7 @@ def test_evaluate_hflip_averages_the_mirror_logits() -> None:
 
 def test_evaluate_shift_averages_ten_views_with_replicated_edges() -> None:
     """shift=1 with hflip: the image and its 1-px moves left/right/up/down, each mirrored."""
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 5 * 6, 4))
-    g = torch.Generator().manual_seed(3)
-    images = torch.randn(7, 3, 5, 6, generator=g)
-    labels = torch.randint(0, 4, (7,), generator=g)
-    kwargs = {"num_classes": 4, "device": torch.device("cpu"), "prepare": lambda x: x}
+    model, images, labels, kwargs = _linear_eval_case(7, 5, 6, classes=4, seed=3)
     r = evaluate(model, [(images, labels)], hflip=True, shift=1, **kwargs)
 
     def moved(dy: int, dx: int) -> torch.Tensor:

@@ -21,6 +21,14 @@ from pathlib import Path
 HELP = "evaluate a checkpoint: top-1/5, loss, per-class accuracy, confusion matrix"
 
 
+def _pixels(text: str) -> int:
+    """A shift in whole pixels, >= 0: refused when parsing, before any model is loaded."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 pixels, got {value}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="architecture (needed for foreign checkpoints)")
     p.add_argument("--checkpoint", help="run folder, step checkpoint or weights file")
@@ -50,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--shift",
-        type=int,
+        type=_pixels,
         default=0,
         metavar="PX",
         help="test-time shift: also average over the image moved PX pixels left, right, up and"

@@ -64,6 +64,7 @@ class Downsampling(nn.Module):
     ) -> None:
         super().__init__()
         self.pre_norm = LayerNormNoBias(in_chs) if pre_norm else nn.Identity()
+        self.pre_conv: nn.Module = nn.Identity()  # no weights: the official key set
         if hidden_chs is not None:  # a conv stem: 3x3 stride-1 conv and GELU first
             self.pre_conv = nn.Sequential(nn.Conv2d(in_chs, hidden_chs, 3, padding=1), nn.GELU())
             in_chs = hidden_chs
@@ -74,9 +75,7 @@ class Downsampling(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last_input:  # [B, H, W, C] from the previous stage
             x = self.pre_norm(x).permute(0, 3, 1, 2)
-        if hasattr(self, "pre_conv"):
-            x = self.pre_conv(x)
-        return self.post_norm(self.conv(x).permute(0, 2, 3, 1))
+        return self.post_norm(self.conv(self.pre_conv(x)).permute(0, 2, 3, 1))
 
 
 class MetaFormerBlock(nn.Module):
