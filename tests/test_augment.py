@@ -207,6 +207,31 @@ def test_translate_shifts_whole_pixels_with_replicated_edges() -> None:
         assert torch.allclose(pixels[i], expected, atol=1e-5), (i, dx, dy)
 
 
+def test_alternate_flip_shows_every_image_both_ways_in_two_epochs() -> None:
+    images, labels = _batch(b=64, size=16)
+    cfg = AugmentConfig(**PLAIN, scale=None, hflip="alternate", interpolation="bilinear")
+    indices = torch.randperm(1000)[:64]
+    flips = [_augment(cfg)(images, labels, indices=indices, epoch=e).flips for e in range(4)]
+    assert torch.equal(flips[0], ~flips[1]) and torch.equal(flips[0], flips[2])
+    assert torch.equal(flips[1], flips[3]) and 16 < int(flips[0].sum()) < 48
+    # a function of the image and the run's seed: another order, step seed or rank, same flips
+    again = _augment(cfg, seed=0)
+    again.generator.manual_seed(12345)
+    order = torch.randperm(64)
+    out = again(images[order], labels[order], indices=indices[order], epoch=0)
+    assert torch.equal(out.flips, flips[0][order])
+    assert not torch.equal(_augment(cfg, seed=1)(images, labels, indices=indices).flips, flips[0])
+    # the images are the flipped ones
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    expected = torch.where(flips[1].view(-1, 1, 1, 1), images.flip(-1), images) / 255
+    out = _augment(cfg)(images, labels, indices=indices, epoch=1)
+    assert torch.allclose(out.images * std + mean, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="dataset indices"):
+        _augment(cfg)(images, labels)
+    with pytest.raises(ValueError, match=r"hflip_rate=0\.3"):
+        check_config(AugmentConfig(hflip="alternate", hflip_rate=0.3))
+
+
 def test_label_smoothing_targets() -> None:
     images, labels = _batch()
     out = _augment(AugmentConfig(**PLAIN), smoothing=0.1)(images, labels)

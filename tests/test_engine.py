@@ -16,7 +16,7 @@ from torch import nn
 
 from tokenmix.config import load_config
 from tokenmix.config.schema import LossConfig, ModelConfig, OptimConfig, ScheduleConfig
-from tokenmix.data.augment import AugmentedBatch
+from tokenmix.data.augment import AugmentedBatch, TrainAugment
 from tokenmix.data.crops import full_boxes
 from tokenmix.engine import checkpoint as ckpt
 from tokenmix.engine.build import build_loss, build_model
@@ -460,6 +460,27 @@ def test_tta_last_runs_the_views_only_in_the_final_evaluation(tmp_path: Path) ->
     )
     evals = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "eval"]
     assert [r["views"] for r in evals] == [1, 10]
+
+
+def test_alternate_flip_mirrors_each_image_in_every_other_epoch(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """aug.hflip=alternate: the engine hands the augmentation the batch's dataset indices and
+    the epoch, so an image seen in epochs 0 and 1 is mirrored in exactly one of them."""
+    seen: dict[int, list[bool]] = {}
+    call = TrainAugment.__call__
+
+    def record(self, images, labels, **kwargs):
+        out = call(self, images, labels, **kwargs)
+        for i, flip in zip(kwargs["indices"].tolist(), out.flips.tolist(), strict=True):
+            seen.setdefault(i, []).append(flip)
+        return out
+
+    monkeypatch.setattr(TrainAugment, "__call__", record)
+    tiny_fit(tmp_path, "train.epochs=2", "aug.hflip=alternate")
+    both = [flips for flips in seen.values() if len(flips) == 2]
+    assert len(both) > 20 and all(a != b for a, b in both)
+    assert 0.25 < sum(a for a, _ in both) / len(both) < 0.75
 
 
 # --- token labeling seam ---------------------------------------------------------------------

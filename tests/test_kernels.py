@@ -161,3 +161,39 @@ def test_avx2_only_cpu_emulated_runs_bf16_without_crashing() -> None:
     assert not out["caps"]["cpu_native_bf16"] and not out["caps"]["onednn_bf16_linear"]
     assert out["err"] <= 0.05 * out["scale"]  # a bf16 forward, through plain ops
     assert out["dtype"] == "None" and "AVX2" in out["warning"]
+
+
+_FAULTS_SCRIPT = """
+import resource, sys, torch
+from tokenmix import kernels
+
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):  # a step's activations: 8 x 2 MiB alive together, then all freed
+        alive = [torch.ones(2 << 20, dtype=torch.uint8) for _ in range(8)]
+        del alive
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults()
+plain = faults()
+described = kernels.retain_freed_memory()
+assert kernels.retain_freed_memory() == described  # idempotent
+faults()
+print(plain, faults(), described)
+"""
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.confstr("CS_GNU_LIBC_VERSION") is None, reason="glibc only"
+)
+def test_retained_malloc_stops_the_page_faults_of_reallocation() -> None:
+    """By default glibc trims the 16 MiB a "step" frees from the heap top (and the next step
+    faults 4096 pages back in); with retain_freed_memory the heap keeps them (in a
+    subprocess: the setting is process-wide and cannot be undone)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True
+    ).stdout.split(maxsplit=2)
+    plain, retained, described = int(out[0]), int(out[1]), out[2]
+    assert plain > 9 * 2000, plain  # every step faults its pages in again
+    assert retained < plain / 20, (plain, retained)
+    assert "glibc malloc keeps freed memory" in described

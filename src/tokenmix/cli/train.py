@@ -270,7 +270,8 @@ def run_header(trainer: Any) -> str:
         f"  model   {cfg.model.name} at {size[1]}x{size[2]}, {trainer.num_classes} classes: "
         f"{params / 1e6:.3g} M params, {macs}",
         f"  device  {trainer.device} ({world} process{'es' * (world > 1)}, "
-        f"{threads} thread{'s' * (threads > 1)}), amp {tc.amp} ({precision})",
+        f"{threads} thread{'s' * (threads > 1)}), amp {tc.amp} ({precision})"
+        + (f", {trainer.allocator}" if trainer.device.type == "cpu" else ""),
         f"  data    {trainer.train_set.describe() or cfg.data.train}: {len(trainer.train_set)} "
         f"train / {len(trainer.val_set)} eval images",
         f"  steps   {steps}",

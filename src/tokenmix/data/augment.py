@@ -6,7 +6,8 @@ official DFFormer, MetaFormer and LV-ViT training scripts call):
 
 1. RandomResizedCrop, an optional random translation by whole pixels (``translate``), and
    horizontal flip, as boxes (:mod:`tokenmix.data.crops`). The boxes and flips are returned,
-   so token-label maps can be cropped with exactly the same ones.
+   so token-label maps can be cropped with exactly the same ones. Flips are random per sample,
+   or alternate by epoch (``hflip="alternate"``: :func:`alternate_flips`).
 2. Rotation (kornia ``RandomRotation``, off by default; not part of the official recipes).
 3. RandAugment (timm spec string, below), then colour jitter if set (kornia ``ColorJitter``,
    timm's ``color_jitter`` meaning: one strength for brightness, contrast and saturation; timm
@@ -71,6 +72,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import kornia.augmentation as K
+import numpy as np
 import torch
 from kornia.augmentation import random_generator as rg
 from kornia.augmentation.auto import RandAugment
@@ -143,6 +145,13 @@ def check_config(cfg: AugmentConfig) -> None:
         raise ValueError("mixup_alpha, cutmix_alpha, color_jitter and rotation must be >= 0")
     if cfg.translate < 0:
         raise ValueError(f"translate must be >= 0 pixels, got {cfg.translate}")
+    if cfg.hflip not in ("random", "alternate"):
+        raise ValueError(f"hflip must be 'random' or 'alternate', got {cfg.hflip!r}")
+    if cfg.hflip == "alternate" and cfg.hflip_rate != 0.5:
+        raise ValueError(
+            f"hflip='alternate' flips every image in every other epoch (rate 0.5); "
+            f"got hflip_rate={cfg.hflip_rate}"
+        )
     if cfg.randaugment_group < 1:
         raise ValueError(f"randaugment_group must be >= 1, got {cfg.randaugment_group}")
     if cfg.randaugment is not None:
@@ -460,6 +469,21 @@ def apply_mix(images: torch.Tensor, mix: MixParams) -> torch.Tensor:
 # --------------------------------------------------------------------------- the pipeline
 
 
+def alternate_flips(indices: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+    """``[B]`` bool: whether dataset images ``indices`` are flipped in ``epoch``.
+
+    A fixed random half of the dataset (a hash of ``seed`` and the index, so the same on every
+    rank and after a resume) is flipped in even epochs, the other half in odd ones.
+    """
+    x = indices.detach().cpu().numpy().astype(np.uint64) + np.uint64(seed & (2**64 - 1))
+    # splitmix64's finaliser: neighbouring indices get independent bits
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    bits = ((x >> np.uint64(40)) & np.uint64(1)).astype(bool) ^ bool(epoch % 2)
+    return torch.from_numpy(bits)
+
+
 @dataclass
 class AugmentedBatch:
     """One augmented training batch.
@@ -496,7 +520,8 @@ class TrainAugment:
         num_classes: width of the soft targets.
         smoothing: label smoothing of the soft targets (``loss.label_smoothing``).
         mean, std: normalisation (the model's pretrained cfg).
-        seed: seeds the module's generator; give each rank its own (``seed + rank``).
+        seed: seeds the module's generator (the engine reseeds it per step); with
+            ``cfg.hflip == "alternate"`` it also picks which half of the images an epoch flips.
     """
 
     def __init__(
@@ -517,6 +542,7 @@ class TrainAugment:
         self.smoothing = smoothing
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.num_classes = num_classes
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -540,8 +566,21 @@ class TrainAugment:
         self.generator.set_state(state["generator"])
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> AugmentedBatch:
-        """Augment a batch; ``labels`` are integer class indices ``[B]``."""
+    def __call__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        indices: torch.Tensor | None = None,
+        epoch: int = 0,
+    ) -> AugmentedBatch:
+        """Augment a batch; ``labels`` are integer class indices ``[B]``.
+
+        ``indices`` (the images' dataset indices) and ``epoch`` are needed by
+        ``cfg.hflip == "alternate"`` only.
+        """
+        if self.cfg.hflip == "alternate" and indices is None:
+            raise ValueError("hflip='alternate' needs the batch's dataset indices")
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(
                 f"expected uint8 [B, 3, H, W] images, got {images.dtype} {tuple(images.shape)}"
@@ -553,9 +592,15 @@ class TrainAugment:
             if devices:
                 with torch.cuda.device(images.device):
                     torch.cuda.manual_seed(seed)
-            return self._augment(images, labels.to(images.device))
+            return self._augment(images, labels.to(images.device), indices, epoch)
 
-    def _augment(self, images: torch.Tensor, labels: torch.Tensor) -> AugmentedBatch:
+    def _augment(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        indices: torch.Tensor | None,
+        epoch: int,
+    ) -> AugmentedBatch:
         cfg, b, dev = self.cfg, images.shape[0], images.device
         if cfg.scale is None:
             boxes = full_boxes(b, device=dev)
@@ -563,7 +608,10 @@ class TrainAugment:
             boxes = sample_rrc_boxes(b, cfg.scale, cfg.ratio, device=dev)
         if cfg.translate:
             boxes = shift_boxes(boxes, cfg.translate, images.shape[-2:])
-        flips = (torch.rand(b) < cfg.hflip_rate).to(dev)
+        if cfg.hflip == "alternate":
+            flips = alternate_flips(indices, epoch, self.seed).to(dev)
+        else:
+            flips = (torch.rand(b) < cfg.hflip_rate).to(dev)
         x = crop_resize(images.float() / 255.0, boxes, self.img_size, flips, mode=cfg.interpolation)
         x = x.clamp_(0.0, 1.0)
         if self.rotate is not None:

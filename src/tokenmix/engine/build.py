@@ -176,8 +176,10 @@ def build_augment(
     smoothing: float,
     mean: tuple[float, float, float],
     std: tuple[float, float, float],
+    seed: int = 0,
 ) -> aug.TrainAugment:
-    """The device-side training augmentation (``smoothing`` applied to its soft targets)."""
+    """The device-side training augmentation (``smoothing`` applied to its soft targets;
+    ``seed``, the run's, picks the images ``aug.hflip: alternate`` flips in even epochs)."""
     return aug.TrainAugment(
         cfg,
         img_size=img_size,
@@ -185,6 +187,7 @@ def build_augment(
         smoothing=smoothing,
         mean=mean,
         std=std,
+        seed=seed,
     )
 
 

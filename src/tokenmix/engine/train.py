@@ -316,6 +316,9 @@ class Trainer:
         self.autocast = autocast_context(dev, tc.amp)
         if tc.cpu_threads is not None:
             torch.set_num_threads(tc.cpu_threads)
+        self.allocator = "system malloc"
+        if dev.type == "cpu" and tc.cpu_allocator == "retain":
+            self.allocator = kernels.retain_freed_memory() or "system malloc (not glibc)"
         seed_step(tc.seed, -1, 0, 0)  # initial weights: identical on every rank
 
         self.train_set, self.val_set = open_datasets(cfg.data, seed=tc.seed)
@@ -359,6 +362,7 @@ class Trainer:
             smoothing=0.0 if token_labeling else cfg.loss.label_smoothing,
             mean=tuple(self.normalize.mean.flatten().tolist()),
             std=tuple(self.normalize.std.flatten().tolist()),
+            seed=tc.seed,
         )
         self.loss_fn = build_loss(cfg.loss)
         self.store = (
@@ -524,7 +528,12 @@ class Trainer:
             self.augment.generator.manual_seed(
                 seed_step(self.cfg.train.seed, step, m, self.dist.rank)
             )
-            batch = self.augment(images.to(self.device, non_blocking=True), labels)
+            batch = self.augment(
+                images.to(self.device, non_blocking=True),
+                labels,
+                indices=indices,
+                epoch=self.counters.epoch,
+            )
             if self.cfg.train.channels_last:
                 batch.images = batch.images.contiguous(memory_format=torch.channels_last)
             dense = None

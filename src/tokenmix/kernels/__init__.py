@@ -11,6 +11,8 @@ the choices its layers resolved once, at construction (shown in each layer's ``r
 - :func:`choose`: a layer's kernel for a family of :data:`CHOICES`; :func:`force` pins choices
   (tests, comparisons); ``TOKENMIX_KERNELS=plain`` uses plain ops everywhere.
 - :func:`resolve_amp`: ``auto``/``bf16``/``fp16``/``none`` -> the autocast dtype here.
+- :func:`retain_freed_memory`: glibc ``malloc`` keeps freed memory (CPU training, no page
+  fault storm per step).
 - :func:`explain`: capabilities and every layer type's choices, for ``tokenmix info``.
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .allocator import retain_freed_memory
 from .amp import AMP_CHOICES, autocast, native_bf16, resolve_amp
 from .capabilities import Capabilities, cpu_model, detect
 from .policy import CHOICES, PLAIN, choose, choose_linear, force, forced, runnable, thresholds
@@ -40,6 +43,7 @@ __all__ = [
     "layer_choices",
     "native_bf16",
     "resolve_amp",
+    "retain_freed_memory",
     "runnable",
     "summary_line",
     "thresholds",
