@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import subprocess
 import sys
 import warnings
@@ -183,9 +184,7 @@ print(plain, faults(), described)
 """
 
 
-@pytest.mark.skipif(
-    sys.platform != "linux" or os.confstr("CS_GNU_LIBC_VERSION") is None, reason="glibc only"
-)
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_retained_malloc_stops_the_page_faults_of_reallocation() -> None:
     """By default glibc trims the 16 MiB a "step" frees from the heap top (and the next step
     faults 4096 pages back in); with retain_freed_memory the heap keeps them (in a

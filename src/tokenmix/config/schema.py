@@ -187,8 +187,8 @@ class TrainConfig:
     # shared or busy CPU fewer threads are often much faster (no spin-waiting on a busy core).
     cpu_threads: int | None = bounded(None, ge=1)
     # CPU runs: "retain" sets glibc malloc to keep freed memory for the next step instead of
-    # returning it to the kernel and faulting it back in (10-25 % faster steps measured on a
-    # 2-core VM; process-wide, memory stays at the peak); "system" leaves malloc alone.
+    # returning it to the kernel and faulting it back in (~12 % more img/s measured in training
+    # on a 2-core VM; process-wide, memory stays at the peak); "system" leaves malloc alone.
     cpu_allocator: Literal["retain", "system"] = "retain"
     # auto: bf16 autocast where the device has bf16 units (CUDA with bf16, CPUs with
     # AVX512-BF16/AMX), float32 elsewhere. bf16 without such units warns and runs float32

@@ -318,7 +318,8 @@ class Trainer:
             torch.set_num_threads(tc.cpu_threads)
         self.allocator = "system malloc"
         if dev.type == "cpu" and tc.cpu_allocator == "retain":
-            self.allocator = kernels.retain_freed_memory() or "system malloc (not glibc)"
+            retained = kernels.retain_freed_memory()
+            self.allocator = retained or "system malloc (retain needs glibc's mallopt)"
         seed_step(tc.seed, -1, 0, 0)  # initial weights: identical on every rank
 
         self.train_set, self.val_set = open_datasets(cfg.data, seed=tc.seed)
