@@ -11,6 +11,10 @@ writes the result under the machine's CPU class (``vendor-capability``, e.g. ``a
 - ``blas_min_features``: the smallest feature count from which F.linear (BLAS: MKL/OpenBLAS) is
   faster than oneDNN's inner product for every larger count measured (MetaFormer/LV-ViT shapes:
   3136 rows, ``f -> 4f`` and ``4f -> f``); null when oneDNN is never slower.
+- ``linear_grad``: ``blas`` when ``torch.mm`` (BLAS) runs the two backward products of a oneDNN
+  linear (input and weight gradients) faster than oneDNN over a DFFormer-S18 training step's
+  shapes at batch 8 (every stage, ``f -> 2f``/``4f`` and back; geometric mean of the
+  per-shape ratios below 1), else ``onednn``.
 - ``dense_dft_max_points``: the largest map (``H*W`` points, square maps as in the models) up to
   which one dense DFT-matrix product each way beats ``torch.fft`` for 1024 maps.
 - ``explicit_attention_max_scores``: the largest score matrix for which explicit bf16 products
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 from pathlib import Path
 
@@ -65,6 +70,37 @@ def blas_vs_onednn(repeats: int) -> list[tuple[int, float]]:
 
         with torch.no_grad():
             rows.append((f, ratio(blas, onednn, repeats)))
+    return rows
+
+
+# (rows, in, out) of DFFormer-S18's linears at 224 px, batch 8: stage, mixer pwconvs and MLP
+GRAD_SHAPES = [
+    (rows, f, g)
+    for rows, dim in ((25088, 64), (6272, 128), (1568, 320), (392, 512))
+    for f, g in ((dim, 2 * dim), (2 * dim, dim), (dim, 4 * dim), (4 * dim, dim))
+]
+
+
+def grad_blas_vs_onednn(repeats: int) -> list[tuple[tuple[int, int, int], float]]:
+    """Backward products of ``x @ W^T`` (``grad @ W`` and ``grad^T @ x``): torch.mm / oneDNN,
+    with oneDNN given the orientation ``tokenmix.kernels.ops`` gives it."""
+    rows = []
+    for n, f, g in GRAD_SHAPES:
+        x, w, grad = torch.randn(n, f), torch.randn(g, f), torch.randn(n, g)
+
+        def blas(x=x, w=w, grad=grad):
+            torch.mm(grad, w)
+            torch.mm(grad.t(), x)
+
+        def onednn(x=x, w=w, grad=grad):
+            onednn_mm(grad, w.t())
+            if x.shape[1] >= grad.shape[1]:
+                onednn_mm(grad.t(), x.t())
+            else:
+                onednn_mm(x.t(), grad.t())
+
+        with torch.no_grad():
+            rows.append(((n, f, g), ratio(blas, onednn, repeats)))
     return rows
 
 
@@ -144,6 +180,12 @@ def main() -> int:
         lines += ["| features f | BLAS / oneDNN (f->4f + 4f->f, 3136 rows) |", "|---:|---:|"]
         lines += [f"| {f} | {r:.3f} |" for f, r in rows]
         lines += ["", f"blas_min_features = {entry['blas_min_features']}", ""]
+        grads = grad_blas_vs_onednn(args.repeats)
+        geomean = math.exp(sum(math.log(r) for _, r in grads) / len(grads))
+        entry["linear_grad"] = "blas" if geomean < 1.0 else "onednn"
+        lines += ["| rows, in, out | backward products: torch.mm / oneDNN |", "|---|---:|"]
+        lines += [f"| {n}, {f}, {g} | {r:.3f} |" for (n, f, g), r in grads]
+        lines += ["", f"geometric mean {geomean:.3f}: linear_grad = {entry['linear_grad']}", ""]
     rows = dense_vs_fft(args.repeats)
     entry["dense_dft_max_points"] = crossover_from(rows, below=True) or 0
     lines += ["| map points | dense DFT / FFT (1024 maps, forward + inverse) |", "|---:|---:|"]

@@ -79,11 +79,18 @@ def test_forced_choice_the_machine_cannot_run_falls_back_to_plain(
 def test_thresholds_table_decides_by_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     caps = fake(monkeypatch, mkl=True)
     table = {"default": dict(policy._table()["default"])}
-    table[caps.cpu_class] = {"blas_min_features": 320, "dense_dft_max_points": 49}
+    table[caps.cpu_class] = {
+        "blas_min_features": 320,
+        "linear_grad": "onednn",
+        "dense_dft_max_points": 49,
+    }
     monkeypatch.setattr(policy, "_table", lambda: table)
     assert kernels.choose("linear", in_features=320, out_features=1280) == "blas"
     assert kernels.choose("linear_relu", in_features=320, out_features=1280) == "unfused"
     assert kernels.choose("linear", in_features=256, out_features=1024) == "onednn"
+    table[caps.cpu_class]["linear_grad"] = "blas"  # oneDNN forward, torch.mm backward
+    assert kernels.choose("linear", in_features=256, out_features=1024) == "onednn_fwd"
+    assert kernels.choose("linear_relu", in_features=256, out_features=1024) == "onednn"
     assert kernels.choose("dft", points=49) == "dense"
     assert kernels.choose("dft", points=196) == "fft"
     monkeypatch.setenv("TOKENMIX_KERNELS", "plain")
@@ -193,6 +200,8 @@ def test_retained_malloc_stops_the_page_faults_of_reallocation() -> None:
         [sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True
     ).stdout.split(maxsplit=2)
     plain, retained, described = int(out[0]), int(out[1]), out[2]
-    assert plain > 9 * 2000, plain  # every step faults its pages in again
+    # every step faults its blocks in again: 512 faults per 2 MiB block with 4 KiB pages, as
+    # few as one where transparent huge pages back the heap (a run here once had far fewer)
+    assert plain >= 9 * 8, plain
     assert retained < plain / 20, (plain, retained)
     assert "glibc malloc keeps freed memory" in described

@@ -48,8 +48,16 @@ def onednn_mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(a, b_t, None, "none", [], "")
 
 
+def onednn_forward(kernel: str) -> bool:
+    """Whether a ``linear`` choice runs its forward product in oneDNN."""
+    return kernel in ("onednn", "onednn_fwd")
+
+
 class _OneDnnLinear(torch.autograd.Function):
-    """``x @ W^T + b`` for 2-D ``x``, with all three products of forward and backward in oneDNN.
+    """``x @ W^T + b`` for 2-D ``x`` in oneDNN; the two backward products in oneDNN too
+    (``kernel="onednn"``) or in BLAS, ``torch.mm`` (``kernel="onednn_fwd"``: on AMD Zen 3
+    MKL's products of transposed operands are 1.1-2.6x faster than oneDNN's, which reorders
+    them first; ``benchmarks/kernel_thresholds.py`` measures this per CPU class).
 
     Callers flatten to 2-D outside, so the output is not a view created inside the Function
     and may be modified in place.
@@ -57,41 +65,46 @@ class _OneDnnLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str
     ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
+        ctx.kernel = kernel
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
     @staticmethod
     def backward(
         ctx: Any, grad: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None]:
         x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
+        blas = ctx.kernel == "onednn_fwd"
         if ctx.needs_input_grad[0]:
-            grad_x = onednn_mm(grad, weight.t())
+            grad_x = torch.mm(grad, weight) if blas else onednn_mm(grad, weight.t())
         if ctx.needs_input_grad[1]:
+            if blas:
+                grad_w = torch.mm(grad.t(), x)
             # oneDNN packs the "weight" operand; packing the one with more features is faster.
-            if x.shape[1] >= grad.shape[1]:
+            elif x.shape[1] >= grad.shape[1]:
                 grad_w = onednn_mm(grad.t(), x.t())
             else:
                 grad_w = onednn_mm(x.t(), grad.t()).t()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum(0)
-        return grad_x, grad_w, grad_b
+        return grad_x, grad_w, grad_b, None
 
 
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel: str = "blas"
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; with ``kernel="onednn"`` float32 CPU inputs go through
-    oneDNN's inner product (forward and backward). Under autocast, on other devices, in other
-    dtypes and while compiling this is exactly ``F.linear``."""
-    if kernel != "onednn" or not _plain_fp32(x, weight, bias):
+    oneDNN's inner product (forward and backward), with ``kernel="onednn_fwd"`` the forward
+    through oneDNN and the backward through ``torch.mm``. Under autocast, on other devices, in
+    other dtypes and while compiling this is exactly ``F.linear``."""
+    if not onednn_forward(kernel) or not _plain_fp32(x, weight, bias):
         return F.linear(x, weight, bias)
     if records_grad(x, weight, bias):
-        out = _OneDnnLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
+        out = _OneDnnLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias, kernel)
         return out.view(*x.shape[:-1], out.shape[-1])
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
@@ -100,10 +113,10 @@ def mm_nt(a: torch.Tensor, b: torch.Tensor, kernel: str = "blas") -> torch.Tenso
     """``a @ b.T`` for 2-D tensors, where ``a`` is a layer's weight and ``b`` its input rows.
 
     The roles are swapped on purpose (the product's output is then channels-first); written as
-    a plain ``mm``, with oneDNN taking ``b`` as its packed operand under ``kernel="onednn"``.
+    a plain ``mm``, with oneDNN taking ``b`` as its packed operand under a oneDNN ``kernel``.
     """
-    if kernel == "onednn" and _plain_fp32(a, b):
-        return linear(a, b, None, "onednn")
+    if onednn_forward(kernel) and _plain_fp32(a, b):
+        return linear(a, b, None, kernel)
     return torch.mm(a, b.t())
 
 
@@ -118,7 +131,7 @@ def _relu_fusion_dtype(
         return (
             torch.bfloat16 if native and torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
         )
-    if linear_kernel == "onednn" and x.dtype == weight.dtype == torch.float32:
+    if onednn_forward(linear_kernel) and x.dtype == weight.dtype == torch.float32:
         return torch.float32
     return None
 

@@ -21,8 +21,9 @@ from typing import Any
 from .capabilities import Capabilities, detect
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    # float32 CPU linear: oneDNN's inner product, or F.linear (MKL/OpenBLAS)
-    "linear": ("onednn", "blas"),
+    # float32 CPU linear: oneDNN's inner product forward and backward, oneDNN forward with the
+    # backward products in torch.mm (MKL/OpenBLAS), or F.linear
+    "linear": ("onednn", "onednn_fwd", "blas"),
     # ReLU after a linear in CPU inference: fused as a oneDNN post-op, or a separate pass
     "linear_relu": ("onednn", "unfused"),
     # conv + folded BN + ReLU in CPU float32 inference
@@ -89,6 +90,7 @@ def runnable(family: str, option: str, caps: Capabilities | None = None) -> str 
         return None
     needs = {
         ("linear", "onednn"): (caps.onednn_fp32_linear, "oneDNN float32 linear"),
+        ("linear", "onednn_fwd"): (caps.onednn_fp32_linear, "oneDNN float32 linear"),
         ("linear_relu", "onednn"): (caps.onednn_fp32_linear, "oneDNN float32 linear"),
         ("conv_relu", "onednn"): (caps.onednn_fp32_conv, "oneDNN float32 convolution"),
     }
@@ -99,7 +101,8 @@ def runnable(family: str, option: str, caps: Capabilities | None = None) -> str 
 def choose(family: str, **shape: int) -> str:
     """Resolve ``family``'s kernel for a layer (call once, at construction).
 
-    Shape arguments: ``linear``: ``in_features``, ``out_features``; ``dft``: ``points``.
+    Shape arguments (``linear``'s backward products follow the table's ``linear_grad``):
+    ``linear``: ``in_features``, ``out_features``; ``dft``: ``points``.
     """
     caps = detect()
     option = forced(family)
@@ -115,6 +118,8 @@ def _auto(family: str, caps: Capabilities, shape: dict[str, int]) -> str:
         wide = min(shape.get("in_features", 0), shape.get("out_features", 0))
         if blas_min is not None and caps.mkl and wide >= blas_min:
             return "blas" if family == "linear" else "unfused"
+        if family == "linear" and table["linear_grad"] != "onednn":
+            return "onednn_fwd"
         return "onednn"
     if family == "dft":
         return "dense" if shape.get("points", 1 << 30) <= table["dense_dft_max_points"] else "fft"
