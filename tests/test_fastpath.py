@@ -39,11 +39,13 @@ from .conftest import REFERENCE, require
 # block, since layers resolve their kernels at construction). A set the host cannot run is
 # skipped with the reason. "host" is whatever this machine picks; "special" every non-plain
 # kernel; "blas" the BLAS (MKL on Intel) linears with unfused ReLUs and FFTs, the branch wide
-# layers take on Intel CPUs; "plain" plain F.* ops everywhere.
+# layers take on Intel CPUs; "onednn_fwd" oneDNN linears with torch.mm backward products (the
+# AMD AVX2 choice); "plain" plain F.* ops everywhere.
 KERNEL_SETS = {
     "host": {},
     "special": {family: options[0] for family, options in kernels.CHOICES.items()},
     "blas": {"linear": "blas", "linear_relu": "onednn", "dft": "fft", "attention": "sdpa"},
+    "onednn_fwd": {"linear": "onednn_fwd"},
     "plain": dict(kernels.PLAIN),
 }
 
