@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from tokenmix import kernels
 from tokenmix.bench.timing import interleaved_timings
-from tokenmix.kernels.ops import attention, onednn_mm
+from tokenmix.kernels.ops import attention, linear_grad_products, onednn_mm
 from tokenmix.layers.spectral import irfft2, rfft2
 
 TABLE = Path(__file__).parents[1] / "src" / "tokenmix" / "kernels" / "thresholds.json"
@@ -82,22 +82,17 @@ GRAD_SHAPES = [
 
 
 def grad_blas_vs_onednn(repeats: int) -> list[tuple[tuple[int, int, int], float]]:
-    """Backward products of ``x @ W^T`` (``grad @ W`` and ``grad^T @ x``): torch.mm / oneDNN,
-    with oneDNN given the orientation ``tokenmix.kernels.ops`` gives it."""
+    """Backward products of ``x @ W^T`` (``grad @ W`` and ``grad^T @ x``), as the linears run
+    them: torch.mm / oneDNN."""
     rows = []
     for n, f, g in GRAD_SHAPES:
         x, w, grad = torch.randn(n, f), torch.randn(g, f), torch.randn(n, g)
 
         def blas(x=x, w=w, grad=grad):
-            torch.mm(grad, w)
-            torch.mm(grad.t(), x)
+            linear_grad_products(grad, x, w, "onednn_fwd")
 
         def onednn(x=x, w=w, grad=grad):
-            onednn_mm(grad, w.t())
-            if x.shape[1] >= grad.shape[1]:
-                onednn_mm(grad.t(), x.t())
-            else:
-                onednn_mm(x.t(), grad.t())
+            linear_grad_products(grad, x, w, "onednn")
 
         with torch.no_grad():
             rows.append(((n, f, g), ratio(blas, onednn, repeats)))

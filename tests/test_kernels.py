@@ -200,8 +200,6 @@ def test_retained_malloc_stops_the_page_faults_of_reallocation() -> None:
         [sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True
     ).stdout.split(maxsplit=2)
     plain, retained, described = int(out[0]), int(out[1]), out[2]
-    # every step faults its blocks in again: 512 faults per 2 MiB block with 4 KiB pages, as
-    # few as one where transparent huge pages back the heap (a run here once had far fewer)
-    assert plain >= 9 * 8, plain
+    assert plain > 9 * 2000, plain  # every step faults its pages in again
     assert retained < plain / 20, (plain, retained)
     assert "glibc malloc keeps freed memory" in described

@@ -53,11 +53,41 @@ def onednn_forward(kernel: str) -> bool:
     return kernel in ("onednn", "onednn_fwd")
 
 
+def linear_grad_products(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    kernel: str,
+    need_x: bool = True,
+    need_w: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The input and weight gradients of ``x @ weight^T`` for 2-D ``x`` (``grad @ weight`` and
+    ``grad^T @ x``): in oneDNN under ``kernel="onednn"``, in ``torch.mm`` (BLAS) under
+    ``kernel="onednn_fwd"``. ``benchmarks/kernel_thresholds.py`` times both through here."""
+    grad_x = grad_w = None
+    if kernel == "onednn_fwd":
+        if need_x:
+            grad_x = torch.mm(grad, weight)
+        if need_w:
+            grad_w = torch.mm(grad.t(), x)
+        return grad_x, grad_w
+    if need_x:
+        grad_x = onednn_mm(grad, weight.t())
+    if need_w:
+        # oneDNN packs the "weight" operand; packing the one with more features is faster.
+        if x.shape[1] >= grad.shape[1]:
+            grad_w = onednn_mm(grad.t(), x.t())
+        else:
+            grad_w = onednn_mm(x.t(), grad.t()).t()
+    return grad_x, grad_w
+
+
 class _OneDnnLinear(torch.autograd.Function):
     """``x @ W^T + b`` for 2-D ``x`` in oneDNN; the two backward products in oneDNN too
-    (``kernel="onednn"``) or in BLAS, ``torch.mm`` (``kernel="onednn_fwd"``: on AMD Zen 3
-    MKL's products of transposed operands are 1.1-2.6x faster than oneDNN's, which reorders
-    them first; ``benchmarks/kernel_thresholds.py`` measures this per CPU class).
+    (``kernel="onednn"``) or in ``torch.mm`` (``kernel="onednn_fwd"``). On AMD Zen 3 MKL's
+    weight gradient measured 1.1-1.9x faster than oneDNN's (which most likely reorders the
+    transposed operands first); both products together 0.79-1.10 of oneDNN's time per shape
+    (``benchmarks/results/kernel_thresholds-amd-AVX2.md``, which decides per CPU class).
 
     Callers flatten to 2-D outside, so the output is not a view created inside the Function
     and may be modified in place.
@@ -77,20 +107,9 @@ class _OneDnnLinear(torch.autograd.Function):
         ctx: Any, grad: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None]:
         x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        blas = ctx.kernel == "onednn_fwd"
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(grad, weight) if blas else onednn_mm(grad, weight.t())
-        if ctx.needs_input_grad[1]:
-            if blas:
-                grad_w = torch.mm(grad.t(), x)
-            # oneDNN packs the "weight" operand; packing the one with more features is faster.
-            elif x.shape[1] >= grad.shape[1]:
-                grad_w = onednn_mm(grad.t(), x.t())
-            else:
-                grad_w = onednn_mm(x.t(), grad.t()).t()
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum(0)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x, grad_w = linear_grad_products(grad, x, weight, ctx.kernel, need_x, need_w)
+        grad_b = grad.sum(0) if ctx.has_bias and need_b else None
         return grad_x, grad_w, grad_b, None
 
 
