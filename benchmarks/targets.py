@@ -1,14 +1,17 @@
 """Measure the speed targets of the fast path against the reference (official-order) path.
 
     python benchmarks/targets.py [--runs 3] [--threads 2] [--repeats 10] [--out benchmarks/results]
+                                 [--cpu-allocator system|retain]
 
 Every target is a ratio measured within one suite run, the variants interleaved on the same
 weights (``tokenmix.bench``): inference at 224, batch 8, fp32 and bf16 autocast, and a training
 step (forward + backward + AdamW). The suite runs ``--runs`` times (inference and training
 alternating) and the median ratio decides, with the range shown: on these shared machines one
-run's ratio moves by several per cent with the host's load. Writes ``targets-infer.{json,csv}``,
-``targets-train.{json,csv}`` (the last run) and ``targets.md`` (the table below, every run's
-table, the machine and its load average). Never run as a test: the script reports and does not
+run's ratio moves by several per cent with the host's load. Writes
+``targets-infer-<cpu class>.{json,csv}``, ``targets-train-<cpu class>.{json,csv}`` (the last
+run) and ``targets-<cpu class>.md`` (the table below, every run's table, the machine and its
+load average); with ``--cpu-allocator retain`` (glibc malloc keeps freed memory in the timing
+runs, as ``tokenmix train`` does; default ``system``) the names end in ``-retain``. Never run as a test: the script reports and does not
 assert.
 
 Targets (from issue 5), throughput ratio to the fp32 reference path and peak-memory ratio:
@@ -116,9 +119,20 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--runs", type=int, default=3, help="suite runs; the median decides")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--cpu-allocator",
+        choices=("system", "retain"),
+        default="system",
+        help="malloc of the timing runs (tokenmix bench --cpu-allocator)",
+    )
     args = parser.parse_args()
 
-    common = {"threads": args.threads, "repeats": args.repeats, "warmup": args.warmup}
+    common = {
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "cpu_allocator": args.cpu_allocator,
+    }
     caps = kernels.detect()
     native = caps.cpu_native_bf16
     targets = TARGETS if native else NO_BF16_TARGETS
@@ -146,7 +160,7 @@ def main() -> int:
         trains.append(run_suite(train_config))
         print(format_table(trains[-1]))
     infer, train = infers[-1], trains[-1]
-    tag = caps.cpu_class
+    tag = caps.cpu_class + ("-retain" if args.cpu_allocator == "retain" else "")
     write_results(infer, args.out, f"targets-infer-{tag}", plot=False)
     write_results(train, args.out, f"targets-train-{tag}", plot=False)
     bf16_lines = [] if native else _bf16_request_check(infers)
@@ -158,12 +172,13 @@ def main() -> int:
         f"{m['date']}, {m['cpu']}, {m['threads']} threads, torch {m['torch']}; load average "
         f"{m['load_average_start'][0]:.2f} -> {m['load_average_end'][0]:.2f} (inference), "
         f"{train.machine['load_average_start'][0]:.2f} -> "
-        f"{train.machine['load_average_end'][0]:.2f} (training), last run. Batch 8 at "
+        f"{train.machine['load_average_end'][0]:.2f} (training), last run. glibc malloc: "
+        f"{args.cpu_allocator} (both paths). Batch 8 at "
         f"224x224; variants interleaved on the same weights in each run; speed-up: median of "
         f"{args.runs} runs (range); peak memory: the highest ratio of the runs. Matmul peaks "
         "(GFLOP/s, last run): "
         + ", ".join(f"{k} {v:.0f}" for k, v in m.get("matmul_peak_gflops", {}).items()),
-        f"CPU class {tag} (capability {caps.cpu_capability}, native bf16 {native}, AMX "
+        f"CPU class {caps.cpu_class} (capability {caps.cpu_capability}, native bf16 {native}, AMX "
         f"{caps.cpu_amx}); kernel thresholds: {m.get('kernel_thresholds', '-')}.",
         "",
         "| model | variant | target | speed-up | peak memory vs ref | share of matmul peak | |",

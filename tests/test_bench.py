@@ -181,7 +181,21 @@ def test_suite_end_to_end_reports_oom_not_crash(tmp_path: Path) -> None:
     assert load_results(tmp_path / "run.json").rows == result.rows
 
 
+def test_suite_times_with_the_requested_cpu_allocator() -> None:
+    """The timing worker (a fresh process) runs with the malloc setting asked for, and the
+    result says which: the reference path's page faults depend on it."""
+    base = {"models": ("test_dfformer",), "resolutions": (32,), "batch": 1, "warmup": 0}
+    for allocator, expected in (("system", "default"), ("retain", "keeps freed memory")):
+        config = SuiteConfig(**base, repeats=1, memory=False, cpu_allocator=allocator)
+        result = run_suite(config, progress=False)
+        assert all(r.status == "ok" for r in result.rows), [r.error for r in result.rows]
+        assert result.machine["cpu_allocator"] == allocator
+        assert expected in result.machine["malloc"], result.machine["malloc"]
+
+
 def test_suite_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="cpu_allocator"):
+        SuiteConfig(cpu_allocator="jemalloc")
     with pytest.raises(ValueError, match="variant 'turbo'"):
         SuiteConfig(paths=("fast", "turbo"))
     with pytest.raises(ValueError, match="variant 'fast@int8'"):

@@ -6,7 +6,8 @@ For every model and resolution it runs, each in a fresh worker process
 1. peak memory of each path (``fast``, ``reference``, or a path in another autocast dtype such
    as ``fast@bf16``), a process per path;
 2. timing of all paths that fit in memory, interleaved in one process on the same weights,
-   so ``fast / reference`` is a ratio measured under the same conditions;
+   so ``fast / reference`` is a ratio measured under the same conditions (the same malloc
+   setting too: ``cpu_allocator``);
 
 and once per run the machine's matrix-product peak, so achieved GFLOP/s can be put against
 what the hardware does on its best kernel. Results are written as JSON (with the machine,
@@ -34,6 +35,12 @@ from tqdm import tqdm
 from .workload import DTYPES, PATHS, Workload, count_model, parse_variant
 
 DEFAULT_MODELS = ("dfformer_s18", "cdfformer_s18", "gfformer_s18", "convformer_s18", "caformer_s18")
+CPU_ALLOCATORS = ("system", "retain")
+"""How the timing workers' glibc malloc treats freed memory: ``system`` (its defaults, what
+``tokenmix eval``/``predict`` and the official code run with) or ``retain``
+(:func:`tokenmix.kernels.retain_freed_memory`, the ``train.cpu_allocator`` default). With
+``system`` a large tensor freed and allocated again faults its pages in again on every step,
+which costs a path that allocates more (the reference) far more than the fast one."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,13 @@ class SuiteConfig:
     threads: int | None = None
     memory_limit_gb: float | None = None
     timeout_s: float = 3600.0
+    cpu_allocator: str = "system"
 
     def __post_init__(self) -> None:
+        if self.cpu_allocator not in CPU_ALLOCATORS:
+            raise ValueError(
+                f"cpu_allocator must be one of {CPU_ALLOCATORS}, got {self.cpu_allocator!r}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not self.paths or len(set(self.paths)) != len(self.paths):
@@ -134,6 +146,7 @@ def machine_info(config: SuiteConfig) -> dict[str, Any]:
         "kernels": caps.as_dict(),
         "kernel_thresholds": {**kernels.thresholds(caps), "cpu_class": caps.cpu_class},
         "load_average_start": list(os.getloadavg()),
+        "cpu_allocator": config.cpu_allocator if config.device == "cpu" else None,
     }
     if config.device.startswith("cuda"):
         device = torch.device(config.device)
@@ -226,9 +239,12 @@ def run_suite(config: SuiteConfig, progress: bool = True) -> SuiteResult:
                 "paths": runnable,
                 "warmup": config.warmup,
                 "repeats": config.repeats,
+                "cpu_allocator": config.cpu_allocator,
                 **common,
             }
             out = _run_worker(job, config.timeout_s)
+            if "malloc" in out:
+                result.machine["malloc"] = out["malloc"]  # what the timing worker really ran
             for path in runnable:
                 row = rows[path]
                 if out["status"] != "ok":

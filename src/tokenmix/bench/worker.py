@@ -8,7 +8,8 @@ prints one JSON object on its last stdout line.
 Jobs (``kind``):
 
 - ``time``: ``workload`` (a :class:`~tokenmix.bench.workload.Workload` dict), ``paths``,
-  ``warmup``, ``repeats`` -> median/quartile seconds per step for each path, interleaved.
+  ``warmup``, ``repeats``, ``cpu_allocator`` (``system`` or ``retain``: CPU malloc keeps
+  freed memory) -> median/quartile seconds per step for each path, interleaved.
 - ``memory``: ``workload``, ``path``, ``iterations`` -> peak memory growth in bytes over the
   iterations after one warm-up step.
 - ``peak``: ``device``, ``budget_s`` -> measured matrix-product GFLOP/s per kernel and dtype
@@ -33,12 +34,21 @@ from .workload import Workload
 
 
 def _time_job(job: dict[str, Any]) -> dict[str, Any]:
-    prepared = Workload(**job["workload"]).prepare()
+    workload = Workload(**job["workload"])
+    malloc = "default"
+    if job.get("cpu_allocator", "system") == "retain" and workload.device == "cpu":
+        from .. import kernels
+
+        retained = kernels.retain_freed_memory()
+        if retained is None:
+            raise RuntimeError("cpu_allocator retain needs glibc malloc, which this is not")
+        malloc = retained
+    prepared = workload.prepare()
     candidates = {path: (lambda p=path: prepared.step(p)) for path in job["paths"]}
     summaries = interleaved_timings(
         candidates, prepared.device, warmup=job["warmup"], repeats=job["repeats"]
     )
-    return {"timings": {path: asdict(s) for path, s in summaries.items()}}
+    return {"timings": {path: asdict(s) for path, s in summaries.items()}, "malloc": malloc}
 
 
 def _memory_job(job: dict[str, Any]) -> dict[str, Any]:

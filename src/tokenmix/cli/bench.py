@@ -64,6 +64,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "fast,reference; speed-ups are relative to `reference`)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument(
+        "--cpu-allocator",
+        choices=("system", "retain"),
+        default="system",
+        help="glibc malloc of the timing runs: system (defaults, as eval/predict and the "
+        "official code run) or retain (keeps freed memory, as `tokenmix train` runs); with "
+        "system, paths that allocate more also pay page faults every step",
+    )
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
@@ -109,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         memory_limit_gb=args.memory_limit_gb,
         timeout_s=args.timeout,
+        cpu_allocator=args.cpu_allocator,
     )
     result = run_suite(config)
     print(format_table(result))
