@@ -77,3 +77,42 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
         w2 = ckpt.load_checkpoint_weights(ckpt.latest_checkpoint(two_run / "checkpoints"), name)
         for key in w1:
             torch.testing.assert_close(w1[key], w2[key], rtol=1e-4, atol=1e-5)
+
+
+MODELS = ["test_convformer", "test_caformer", "test_dfformer", "test_cdfformer", "test_gfformer"]
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["fast", "reference"])
+@pytest.mark.parametrize("name", [*MODELS, "test_lvvit"])
+def test_gradients_arrive_in_their_parameters_strides(name: str, reference: bool) -> None:
+    """DDP's reducer compares each gradient's strides with its parameter's exactly (size-1
+    dims included) and warned on every run: SepConv's depthwise weights behind a channels-last
+    input, 1x1 filter grids. ``align_grad_strides`` (which the engine applies before DDP)
+    re-labels them; without it, at least the SepConv models differ."""
+    import tokenmix
+    from tokenmix.engine.distributed import align_grad_strides
+    from tokenmix.layers import set_reference_mode
+
+    def mismatches(aligned: bool) -> tuple[list[str], list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = tokenmix.create_model(name, num_classes=3, img_size=32)
+        set_reference_mode(model, reference)
+        if aligned:
+            align_grad_strides(model)
+        model(
+            torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        ).sum().backward()
+        wrong = [
+            f"{key}: grad {tuple(p.grad.stride())} vs param {tuple(p.stride())}"
+            for key, p in model.named_parameters()
+            if p.grad is not None and p.grad.stride() != p.stride()
+        ]
+        return wrong, [p.grad for p in model.parameters()]
+
+    before, grads_before = mismatches(aligned=False)
+    after, grads_after = mismatches(aligned=True)
+    assert not after, after
+    for a, b in zip(grads_before, grads_after, strict=True):
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b))
+    if name in ("test_convformer", "test_caformer", "test_cdfformer"):  # the SepConv models
+        assert before, "SepConv's weight grads used to arrive with other strides"

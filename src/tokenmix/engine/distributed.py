@@ -112,3 +112,31 @@ def all_reduce_sum_async(t: torch.Tensor) -> Callable[[], torch.Tensor]:
         return t
 
     return wait
+
+
+def align_grad_strides(model: torch.nn.Module) -> None:
+    """Make every gradient arrive in its parameter's exact strides, as DDP's reducer expects.
+
+    Why: where a parameter has a size-1 dimension, a backward may produce its gradient with
+    another stride in that dimension (the depthwise ``[C, 1, k, k]`` conv weights behind a
+    channels-last input; 1x1 filter grids). Autograd keeps such a gradient as it is (the memory
+    order is the same), but the reducer compares strides exactly and warns "Grad strides do not
+    match bucket view strides" on every run. A hook re-labels those strides: a view of the same
+    memory, no copy, the same values.
+    """
+    for param in model.parameters():
+        if param.requires_grad and 1 in param.shape:
+            param.register_hook(_restrider(param.shape, param.stride()))
+
+
+def _restrider(
+    size: torch.Size, stride: tuple[int, ...]
+) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    def hook(grad: torch.Tensor) -> torch.Tensor | None:
+        if grad.stride() == stride or any(
+            a != b and n != 1 for a, b, n in zip(grad.stride(), stride, size, strict=True)
+        ):
+            return None  # already right, or a real layout difference (autograd copies those)
+        return grad.as_strided(size, stride, grad.storage_offset())
+
+    return hook

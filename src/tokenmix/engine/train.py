@@ -59,7 +59,14 @@ from .build import (
     build_model,
     open_datasets,
 )
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from .distributed import (
+    DistInfo,
+    align_grad_strides,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    shutdown,
+)
 from .ema import create_ema, load_ema
 from .evaluate import EvalResult, evaluate, num_views
 from .metrics import METRICS_FILE, MetricsWriter, progress_bar, read_metrics
@@ -391,6 +398,7 @@ class Trainer:
         # what runs the training forward: DDP around the model, compiled if asked
         self.ddp: nn.Module = self.model
         if dist.distributed:
+            align_grad_strides(self.model)
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[dev.index] if dev.type == "cuda" else None
             )
