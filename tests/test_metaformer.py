@@ -160,6 +160,10 @@ def test_conv_stem_adds_a_stride_one_conv_and_trains() -> None:
     added = set(model.state_dict()) - set(plain.state_dict())
     assert added == {"downsample_layers.0.pre_conv.0.weight", "downsample_layers.0.pre_conv.0.bias"}
     assert model.downsample_layers[0].conv.in_channels == 8
+    # the conv that reads the image, for timm's input-channel adaptation
+    assert plain.pretrained_cfg.first_conv == "downsample_layers.0.conv"
+    first = model.get_submodule(model.pretrained_cfg.first_conv)
+    assert first is model.downsample_layers[0].pre_conv[0] and first.in_channels == 3
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     with torch.no_grad():
         _, feats = model.forward_intermediates(x)

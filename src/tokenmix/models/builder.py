@@ -55,6 +55,9 @@ def create_model(
     model = builder(**kwargs)
     height, width = model.img_size
     cfg = replace(cfg, input_size=(cfg.input_size[0], height, width))
+    own = getattr(model, "pretrained_cfg", None)  # what the built architecture says
+    if own is not None and own.first_conv:
+        cfg = replace(cfg, first_conv=own.first_conv)
     if cfg.label_set and model.num_classes != cfg.num_classes:
         cfg = replace(cfg, label_set="")  # the weights' class names no longer name the outputs
     model.pretrained_cfg = cfg

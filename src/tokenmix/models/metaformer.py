@@ -206,7 +206,10 @@ class MetaFormer(nn.Module):
         self.features_only = features_only
         self.out_indices = tuple(feature_take_indices(num_stages, out_indices)[0])
         self.grad_checkpointing = False
-        self.pretrained_cfg = PretrainedCfg(first_conv="downsample_layers.0.conv")
+        # the conv that reads the image (timm tools adapt its input channels); a conv stem
+        # puts its 3x3 conv first
+        first = "pre_conv.0" if stem_hidden is not None else "conv"
+        self.pretrained_cfg = PretrainedCfg(first_conv=f"downsample_layers.0.{first}")
 
         chans = [in_chans, *dims]
         self.downsample_layers = nn.ModuleList(
