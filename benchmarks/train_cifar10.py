@@ -157,7 +157,7 @@ def main() -> None:
         f"{total / 60:.1f} min wall clock (training + evaluation, setup included); median "
         f"{report['train_throughput_img_s_median']} train img/s.",
         "",
-        "![accuracy against wall clock](train_cifar10.png)",
+        f"![accuracy against wall clock]({args.out.with_suffix('.png').name})",
     ]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
