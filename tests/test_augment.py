@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tokenmix.config.schema import AugmentConfig
 from tokenmix.data.augment import (
@@ -230,6 +232,42 @@ def test_alternate_flip_shows_every_image_both_ways_in_two_epochs() -> None:
         _augment(cfg)(images, labels)
     with pytest.raises(ValueError, match=r"hflip_rate=0\.3"):
         check_config(AugmentConfig(hflip="alternate", hflip_rate=0.3))
+
+
+def test_size_schedule_resizes_the_crops_of_each_epoch() -> None:
+    """Progressive resizing: the epoch's step of ``size_schedule`` sets the output size; the
+    pixels are the full-size crop downscaled with antialiasing, and CutMix boxes fit it."""
+    images, labels = _batch(size=16)
+    sched = [[0, 8], [2, 12], [4, 16]]
+    cfg = AugmentConfig(**PLAIN, scale=None, hflip_rate=0.0, interpolation="bilinear")
+    aug = _augment(replace(cfg, size_schedule=sched))
+    assert [aug.size_at(e) for e in (0, 1, 2, 3, 4, 9)] == [(8, 8)] * 2 + [(12, 12)] * 2 + [
+        (16, 16)
+    ] * 2
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    full = _augment(cfg)(images, labels).images * std + mean
+    for epoch, side in ((0, 8), (3, 12), (4, 16)):
+        out = aug(images, labels, epoch=epoch)
+        assert out.images.shape == (8, 3, side, side)
+        expected = F.interpolate(full, size=side, mode="bilinear", antialias=True).clamp(0, 1)
+        assert torch.allclose(out.images * std + mean, expected, atol=1e-5), epoch
+    # antialiased: a 1-px checkerboard averages to grey at half size, not to one of its colours
+    board = ((torch.arange(16).view(-1, 1) + torch.arange(16)) % 2 * 255).to(torch.uint8)
+    out = aug(board.expand(8, 3, 16, 16).contiguous(), labels, epoch=0)
+    assert torch.allclose(out.images * std + mean, torch.full_like(out.images, 0.5), atol=0.02)
+    mixed = _augment(replace(cfg, cutmix_alpha=1.0, size_schedule=sched), smoothing=0.0)
+    for seed in range(4):
+        mixed.generator.manual_seed(seed)
+        out = mixed(images, labels, epoch=0)
+        x0, y0, x1, y1 = (round(v * 8) for v in out.mix.box)
+        assert math.isclose(out.mix.lam, 1 - (x1 - x0) * (y1 - y0) / 64, abs_tol=1e-6)
+    for bad, match in (
+        ([[1, 8]], "start at epoch 0"),
+        ([[0, 8], [0, 16]], "increase strictly"),
+        ([[0, 0]], "size >= 1"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            check_config(replace(cfg, size_schedule=bad))
 
 
 def test_label_smoothing_targets() -> None:

@@ -483,6 +483,35 @@ def test_alternate_flip_mirrors_each_image_in_every_other_epoch(
     assert 0.25 < sum(a for a, _ in both) / len(both) < 0.75
 
 
+def test_size_schedule_trains_each_epoch_at_its_size(tmp_path: Path, monkeypatch) -> None:
+    """aug.size_schedule: the engine hands the augmentation the epoch, so the model sees 16 px
+    images in epoch 0 and 32 px in epoch 1; evaluation stays at the model's 32 px."""
+    sizes: dict[int, set[tuple[int, int]]] = {}
+    call = TrainAugment.__call__
+
+    def record(self, images, labels, **kwargs):
+        out = call(self, images, labels, **kwargs)
+        sizes.setdefault(kwargs["epoch"], set()).add(tuple(out.images.shape[-2:]))
+        return out
+
+    monkeypatch.setattr(TrainAugment, "__call__", record)
+    result = tiny_fit(tmp_path, "train.epochs=2", "aug.size_schedule=[[0,16],[1,32]]")
+    assert sizes == {0: {(16, 16)}, 1: {(32, 32)}}
+    assert all(math.isfinite(v) for v in train_losses(tmp_path / "run"))
+    assert math.isfinite(result.final["top1"])
+
+
+def test_size_schedule_refused_with_token_labels(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"size_schedule cannot be used with loss\.kind"):
+        tiny_fit(
+            tmp_path,
+            "model.name=test_lvvit",
+            "model.kwargs={}",
+            "loss.kind=token_labeling",
+            "aug.size_schedule=[[0,16],[1,32]]",
+        )
+
+
 # --- token labeling seam ---------------------------------------------------------------------
 def test_token_labeling_needs_token_outputs() -> None:
     with pytest.raises(ValueError, match="token outputs"):

@@ -264,6 +264,10 @@ def run_header(trainer: Any) -> str:
         steps = f"{trainer.total_steps}: {planned}"
     if c.step:
         steps += f"; resuming at step {c.step}"
+    if cfg.aug.size_schedule:
+        steps += "; training sizes " + ", ".join(
+            f"{side} px from epoch {start}" for start, side in cfg.aug.size_schedule
+        )
     threads = torch.get_num_threads()
     lines = [
         f"run {trainer.run_dir}",

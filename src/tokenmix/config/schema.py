@@ -112,6 +112,12 @@ class AugmentConfig:
     # every image is seen both ways in any two epochs (Jordan 2024, airbench); hflip_rate 0.5.
     hflip: Literal["random", "alternate"] = "random"
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
+    # Progressive resizing (fast.ai's DAWNBench trick): [from_epoch, size] steps for the training
+    # images, e.g. [[0, 24], [8, 32]] trains epochs 0-7 at 24 px and the rest at 32. Each image
+    # is cropped at the model's size as usual, then resized (bilinear, antialiased). The first
+    # step starts at epoch 0; evaluation stays at the model's size; not with token labeling
+    # (its label grid is the model's). null = the model's input size throughout.
+    size_schedule: list[tuple[int, int]] | None = None
     # Random rotation in +-degrees (the seed's CIFAR-10 setup uses 20).
     rotation: float = bounded(0.0, ge=0.0, le=180.0)
     # timm RandAugment spec, e.g. "rand-m9-mstd0.5-inc1"; null = off.

@@ -7,7 +7,8 @@ official DFFormer, MetaFormer and LV-ViT training scripts call):
 1. RandomResizedCrop, an optional random translation by whole pixels (``translate``), and
    horizontal flip, as boxes (:mod:`tokenmix.data.crops`). The boxes and flips are returned,
    so token-label maps can be cropped with exactly the same ones. Flips are random per sample,
-   or alternate by epoch (``hflip="alternate"``: :func:`alternate_flips`).
+   or alternate by epoch (``hflip="alternate"``: :func:`alternate_flips`). With a
+   ``size_schedule`` (progressive resizing), the crops are then resized to the epoch's size.
 2. Rotation (kornia ``RandomRotation``, off by default; not part of the official recipes).
 3. RandAugment (timm spec string, below), then colour jitter if set (kornia ``ColorJitter``,
    timm's ``color_jitter`` meaning: one strength for brightness, contrast and saturation; timm
@@ -65,6 +66,7 @@ square, so a crop's aspect is relative to the squashed image rather than to the 
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -74,6 +76,7 @@ from typing import Any
 import kornia.augmentation as K
 import numpy as np
 import torch
+import torch.nn.functional as F
 from kornia.augmentation import random_generator as rg
 from kornia.augmentation.auto import RandAugment
 from kornia.augmentation.auto.operations import (
@@ -152,6 +155,18 @@ def check_config(cfg: AugmentConfig) -> None:
             f"hflip='alternate' flips every image in every other epoch (rate 0.5); "
             f"got hflip_rate={cfg.hflip_rate}"
         )
+    if cfg.size_schedule is not None:
+        steps = [tuple(step) for step in cfg.size_schedule]
+        if any(len(step) != 2 or step[1] < 1 for step in steps):
+            raise ValueError(
+                f"size_schedule steps are [from_epoch, size >= 1], got {cfg.size_schedule}"
+            )
+        if not steps or steps[0][0] != 0:
+            raise ValueError(f"size_schedule must start at epoch 0, got {cfg.size_schedule}")
+        if any(b[0] <= a[0] for a, b in itertools.pairwise(steps)):
+            raise ValueError(
+                f"size_schedule epochs must increase strictly, got {cfg.size_schedule}"
+            )
     if cfg.randaugment_group < 1:
         raise ValueError(f"randaugment_group must be >= 1, got {cfg.randaugment_group}")
     if cfg.randaugment is not None:
@@ -516,7 +531,8 @@ class TrainAugment:
     Args:
         cfg: what to apply (the ``aug`` section of the run's config; checked with
             :func:`check_config`; :func:`imagenet_recipe` is the ImageNet recipe).
-        img_size: output ``(h, w)`` or an int.
+        img_size: output ``(h, w)`` or an int (the model's input size); ``cfg.size_schedule``
+            can give an epoch another one (:meth:`size_at`).
         num_classes: width of the soft targets.
         smoothing: label smoothing of the soft targets (``loss.label_smoothing``).
         mean, std: normalisation (the model's pretrained cfg).
@@ -558,6 +574,14 @@ class TrainAugment:
             else None
         )
 
+    def size_at(self, epoch: int) -> tuple[int, int]:
+        """The training image size of ``epoch``: ``cfg.size_schedule``'s step, else the model's."""
+        size = self.img_size
+        for start, side in self.cfg.size_schedule or ():
+            if epoch >= start:
+                size = (side, side)
+        return size
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The generator state: restoring it repeats the same augmentations from here on."""
         return {"generator": self.generator.get_state()}
@@ -576,8 +600,8 @@ class TrainAugment:
     ) -> AugmentedBatch:
         """Augment a batch; ``labels`` are integer class indices ``[B]``.
 
-        ``indices`` (the images' dataset indices) and ``epoch`` are needed by
-        ``cfg.hflip == "alternate"`` only.
+        ``indices`` (the images' dataset indices) are needed by ``cfg.hflip == "alternate"``
+        only; ``epoch`` by that and by ``cfg.size_schedule``.
         """
         if self.cfg.hflip == "alternate" and indices is None:
             raise ValueError("hflip='alternate' needs the batch's dataset indices")
@@ -614,6 +638,10 @@ class TrainAugment:
             flips = (torch.rand(b) < cfg.hflip_rate).to(dev)
         x = crop_resize(images.float() / 255.0, boxes, self.img_size, flips, mode=cfg.interpolation)
         x = x.clamp_(0.0, 1.0)
+        size = self.size_at(epoch)
+        if size != self.img_size:  # progressive resizing: the same crop, fewer pixels
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            x = x.clamp_(0.0, 1.0)
         if self.rotate is not None:
             x = self.rotate(x)
         if self.randaugment is not None:
@@ -629,7 +657,7 @@ class TrainAugment:
             keep = self.erase(torch.ones_like(x[:, :1])) > 0.5
             fill = torch.randn_like(x) if cfg.erase_mode == "pixel" else torch.zeros_like(x)
             x = torch.where(keep, x, fill)
-        mix = sample_mix(cfg, self.img_size)
+        mix = sample_mix(cfg, size)
         x = apply_mix(x, mix)
         targets = mix.mix_targets(one_hot_smooth(labels, self.num_classes, self.smoothing))
         return AugmentedBatch(x.contiguous(), targets, labels, boxes, flips, mix)

@@ -337,6 +337,11 @@ class Trainer:
                 f"model.num_classes={self.num_classes} but the data has {len(self.classes)} classes"
             )
         token_labeling = cfg.loss.kind == "token_labeling"
+        if token_labeling and cfg.aug.size_schedule:
+            raise ValueError(
+                "aug.size_schedule cannot be used with loss.kind=token_labeling: the token "
+                "labels are cropped to the model's token grid, not the smaller one"
+            )
         self.model = build_model(
             cfg.model, num_classes=self.num_classes, token_labeling=token_labeling
         )
