@@ -286,6 +286,17 @@ def test_run_header_and_warmup_warning(tmp_path: Path, caplog) -> None:
     assert "GMACs not counted" not in header
 
 
+def test_run_header_lists_the_training_sizes(tmp_path: Path, caplog) -> None:
+    recipe = tmp_path / "prog.yaml"
+    recipe.write_text("model: {name: test_convformer}\naug: {size_schedule: [[0, 16], [1, 32]]}\n")
+    small = [t for t in TINY if not t.startswith(("data.train_limit", "data.val_limit", "train.b"))]
+    args = ["train", "--config", str(recipe), "--smoke", "--set", *small, "train.epochs=2"]
+    with caplog.at_level(logging.INFO, logger="tokenmix"):
+        assert main([*args, f"run.output_dir={tmp_path}"]) == 0
+    header = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("run "))
+    assert "training sizes 16 px from epoch 0, 32 px from epoch 1" in header, header
+
+
 def test_packaged_recipe_by_name_from_any_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
